@@ -1,0 +1,183 @@
+"""The weights cube: Stage 1's output and Stage 2's input.
+
+One row per (window, selection, engine, profile) cell, with status (ok / failed /
+unsupported), reason, solver and solve time, and a full-universe weight vector (zeros on
+assets the selection left out; zeros for cells that are not ok). Saved as
+`weights_cube.pkl` (the spec's format) and as long-form Parquet (`weights_cube.parquet` +
+`cells.parquet`) that any tool reads; both load back to an identical cube.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+OK, FAILED, UNSUPPORTED = "ok", "failed", "unsupported"
+STRATEGY_KEYS = ["selection", "engine", "profile"]
+CELL_KEYS = ["window_start", *STRATEGY_KEYS]
+CELL_COLUMNS = [*CELL_KEYS, "window_end", "status", "reason", "solver", "solve_seconds", "n_selected"]
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    window: int       # window index
+    selection: str
+    engine: str
+    profile: str
+
+    @property
+    def strategy(self) -> tuple[str, str, str]:
+        return (self.selection, self.engine, self.profile)
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    status: str
+    reason: str = ""
+    solver: str = ""
+    solve_seconds: float = 0.0
+    weights: np.ndarray = field(default_factory=lambda: np.zeros(0))  # full universe
+
+
+@dataclass(eq=False)
+class WeightsCube:
+    assets: tuple[str, ...]
+    cells: pd.DataFrame          # CELL_COLUMNS, sorted by (selection, engine, profile, window_start)
+    weights: np.ndarray          # n_cells x n_assets, aligned with `cells`
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_results(cls, results: list[CellResult], *, assets, window_starts, window_ends):
+        results = sorted(results, key=lambda r: (r.cell.strategy, r.cell.window))
+        n = len(assets)
+        rows, weights = [], np.zeros((len(results), n))
+        for i, r in enumerate(results):
+            if r.status == OK:
+                weights[i] = r.weights
+            rows.append({"window_start": window_starts[r.cell.window],
+                         "selection": r.cell.selection, "engine": r.cell.engine,
+                         "profile": r.cell.profile, "window_end": window_ends[r.cell.window],
+                         "status": r.status, "reason": r.reason, "solver": r.solver,
+                         "solve_seconds": float(r.solve_seconds),
+                         "n_selected": int((r.weights > 0).sum()) if r.status == OK else 0})
+        cells = pd.DataFrame(rows, columns=CELL_COLUMNS)
+        return cls(tuple(assets), _normalise_cells(cells), np.ascontiguousarray(weights))
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def window_starts(self) -> pd.DatetimeIndex:
+        return pd.DatetimeIndex(sorted(self.cells["window_start"].unique()))
+
+    @property
+    def window_ends(self) -> pd.DatetimeIndex:
+        ends = self.cells.groupby("window_start")["window_end"].first()
+        return pd.DatetimeIndex(ends.loc[self.window_starts].to_numpy())
+
+    def strategies(self) -> pd.DataFrame:
+        """One row per strategy: ok only if every window's cell is ok (else the first reason)."""
+        out = []
+        for key, group in self.cells.groupby(STRATEGY_KEYS, sort=True):
+            bad = group[group["status"] != OK]
+            if bad.empty:
+                status, reason = OK, ""
+            elif (bad["status"] == UNSUPPORTED).all() and len(bad) == len(group):
+                status, reason = UNSUPPORTED, bad["reason"].iloc[0]
+            else:
+                first = bad.iloc[0]
+                status = FAILED
+                reason = (f"{len(bad)}/{len(group)} windows not ok; first "
+                          f"{pd.Timestamp(first['window_start']).date()}: {first['status']}: "
+                          f"{first['reason']}")
+            out.append({**dict(zip(STRATEGY_KEYS, key)), "status": status, "reason": reason})
+        return pd.DataFrame(out, columns=[*STRATEGY_KEYS, "status", "reason"])
+
+    def schedule(self, key: tuple[str, str, str]) -> np.ndarray:
+        """Target weights of one strategy: n_windows x n_assets, in window order."""
+        sel = np.flatnonzero((self.cells["selection"] == key[0]).to_numpy()
+                             & (self.cells["engine"] == key[1]).to_numpy()
+                             & (self.cells["profile"] == key[2]).to_numpy())
+        if sel.size != len(self.window_starts):
+            raise KeyError(f"strategy {key} not in cube")
+        return self.weights[sel]   # cells are sorted by strategy then window
+
+    def schedule_digest(self, key: tuple[str, str, str]) -> str:
+        """Digest of a strategy's weight schedule (Stage 2 caches on this, not Stage 1 keys)."""
+        h = hashlib.sha256(np.ascontiguousarray(self.schedule(key)).tobytes())
+        h.update(self.window_starts.asi8.tobytes() + self.window_ends.asi8.tobytes())
+        h.update("\x1f".join(self.assets).encode())
+        return h.hexdigest()[:16]
+
+    def equals(self, other: "WeightsCube") -> bool:
+        return (self.assets == other.assets
+                and self.cells.equals(other.cells)
+                and np.array_equal(self.weights, other.weights))
+
+    # ------------------------------------------------------------------ persistence
+    def to_pickle(self, path: str | Path) -> None:
+        _atomic_write(Path(path), pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+
+    @staticmethod
+    def from_pickle(path: str | Path) -> "WeightsCube":
+        # Trust boundary: only load cubes this tool wrote into its own run directory.
+        with open(path, "rb") as fh:
+            cube = pickle.load(fh)
+        if not isinstance(cube, WeightsCube):
+            raise TypeError(f"{path} does not hold a WeightsCube")
+        return cube
+
+    def to_parquet(self, directory: str | Path) -> None:
+        d = Path(directory)
+        long = self.weights_long()
+        _atomic_parquet(long, d / "weights_cube.parquet")
+        _atomic_parquet(self.cells, d / "cells.parquet")
+
+    def weights_long(self) -> pd.DataFrame:
+        n_cells, n_assets = self.weights.shape
+        base = self.cells.loc[self.cells.index.repeat(n_assets), CELL_KEYS].reset_index(drop=True)
+        base["asset"] = pd.Categorical(np.tile(self.assets, n_cells), categories=self.assets)
+        base["weight"] = self.weights.reshape(-1)
+        return base
+
+    @staticmethod
+    def from_parquet(directory: str | Path) -> "WeightsCube":
+        d = Path(directory)
+        cells = _normalise_cells(pd.read_parquet(d / "cells.parquet"))
+        long = pd.read_parquet(d / "weights_cube.parquet")
+        assets = tuple(long["asset"].cat.categories) if hasattr(long["asset"], "cat") \
+            else tuple(dict.fromkeys(long["asset"]))
+        n_assets = len(assets)
+        if len(long) != len(cells) * n_assets:
+            raise ValueError(f"{d}: weights_cube.parquet has {len(long)} rows, expected "
+                             f"{len(cells)} cells x {n_assets} assets")
+        weights = long["weight"].to_numpy(dtype=np.float64).reshape(len(cells), n_assets)
+        return WeightsCube(assets, cells, np.ascontiguousarray(weights))
+
+
+def _normalise_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    cells = cells[CELL_COLUMNS].copy()
+    for col in ("window_start", "window_end"):
+        cells[col] = pd.to_datetime(cells[col]).astype("datetime64[ns]")
+    for col in ("selection", "engine", "profile", "status", "reason", "solver"):
+        cells[col] = cells[col].astype(str)
+    cells["solve_seconds"] = cells["solve_seconds"].astype(np.float64)
+    cells["n_selected"] = cells["n_selected"].astype(np.int64)
+    return cells.sort_values([*STRATEGY_KEYS, "window_start"], kind="stable").reset_index(drop=True)
+
+
+def _atomic_write(path: Path, blob: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(blob)
+    tmp.replace(path)
+
+
+def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)

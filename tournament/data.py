@@ -1,0 +1,246 @@
+"""Returns data: load (bundled S&P 500, synthetic, Parquet/CSV), validate, fingerprint.
+
+Conventions
+-----------
+* A `Dataset` holds simple close-to-close returns: row t is the return from close t-1 to
+  close t. Values are a C-contiguous float64 array (dates x assets).
+* Missing values policy (point-in-time): NaN marks a gap (asset not trading / not listed).
+  An asset with any gap inside a training window is left out of that window only; a held
+  asset with a gap on a test day earns 0% that day (carried at its last price).
+  Infinite values are always an error.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+
+BUNDLED = "sp500"
+SYNTHETIC = "synthetic"
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    returns: np.ndarray               # T x N float64, NaN = gap
+    dates: pd.DatetimeIndex           # T trading dates
+    assets: tuple[str, ...]           # N asset names
+    source: str                       # where it came from (file path, "sp500", ...)
+    benchmark: np.ndarray | None = None   # T benchmark returns (buy-and-hold baseline)
+    benchmark_name: str | None = None
+
+    @property
+    def n_days(self) -> int:
+        return self.returns.shape[0]
+
+    @property
+    def n_assets(self) -> int:
+        return self.returns.shape[1]
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.returns, index=self.dates, columns=list(self.assets))
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Digest of values, index, columns and dtypes (any change -> new fingerprint)."""
+        h = hashlib.sha256()
+        h.update(str(self.returns.dtype).encode() + str(self.returns.shape).encode())
+        h.update(np.ascontiguousarray(self.returns).tobytes())
+        h.update(self.dates.asi8.tobytes() + str(self.dates.dtype).encode())
+        h.update("\x1f".join(self.assets).encode())
+        if self.benchmark is not None:
+            h.update(str(self.benchmark_name).encode() + self.benchmark.tobytes())
+        return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- constructors
+def from_returns_frame(frame: pd.DataFrame, *, source: str, benchmark: pd.Series | None = None,
+                       ) -> Dataset:
+    validate_frame(frame, source=source, kind="returns")
+    values = np.ascontiguousarray(frame.to_numpy(dtype=np.float64))
+    bench = None
+    if benchmark is not None:
+        bench = np.ascontiguousarray(benchmark.reindex(frame.index).to_numpy(dtype=np.float64))
+    return Dataset(values, pd.DatetimeIndex(frame.index), tuple(map(str, frame.columns)), source,
+                   bench, None if benchmark is None else str(benchmark.name))
+
+
+def from_prices_frame(prices: pd.DataFrame, *, source: str, benchmark: pd.Series | None = None,
+                      ) -> Dataset:
+    validate_frame(prices, source=source, kind="prices")
+    returns = prices.pct_change(fill_method=None).iloc[1:]
+    bench = None if benchmark is None else benchmark.pct_change(fill_method=None).iloc[1:]
+    return from_returns_frame(returns, source=source, benchmark=bench)
+
+
+def load_bundled_sp500(days: int | None = 500) -> Dataset:
+    """skfolio's bundled S&P 500 data (20 real stocks, daily, offline) + the index."""
+    from skfolio.datasets import load_sp500_dataset, load_sp500_index
+    prices = load_sp500_dataset()
+    index = load_sp500_index().iloc[:, 0].rename("SP500")
+    if days is not None:
+        prices, index = prices.iloc[-(days + 1):], index.iloc[-(days + 1):]
+    return from_prices_frame(prices, source=BUNDLED, benchmark=index)
+
+
+def make_synthetic(n_days: int = 2500, n_assets: int = 500, *, n_factors: int = 5,
+                   seed: int = 7, start: str = "2010-01-04") -> Dataset:
+    """Seeded factor-model returns: r = B f + e, with fat-ish tails and a market factor.
+
+    Deterministic for a given (n_days, n_assets, n_factors, seed).
+    """
+    rng = np.random.default_rng(seed)
+    factor_vol = np.r_[0.010, np.full(n_factors - 1, 0.004)]
+    factors = rng.standard_t(df=5, size=(n_days, n_factors)) * factor_vol * np.sqrt(3 / 5)
+    loadings = rng.normal(0.0, 1.0, size=(n_assets, n_factors))
+    loadings[:, 0] = rng.uniform(0.5, 1.5, size=n_assets)         # market beta
+    idio_vol = rng.uniform(0.008, 0.025, size=n_assets)
+    drift = rng.normal(0.0003, 0.0004, size=n_assets)
+    noise = rng.standard_normal((n_days, n_assets)) * idio_vol
+    returns = drift + factors @ loadings.T + noise
+    dates = pd.bdate_range(start, periods=n_days, name="date")
+    assets = [f"S{i:04d}" for i in range(n_assets)]
+    market = pd.Series(factors[:, 0] + 0.0003, index=dates, name="MARKET")
+    frame = pd.DataFrame(returns, index=dates, columns=assets)
+    return from_returns_frame(frame, source=f"{SYNTHETIC}:{n_days}x{n_assets}:seed{seed}",
+                              benchmark=market)
+
+
+def load_file(path: str | Path, *, kind: str = "prices") -> Dataset:
+    """Load a dates x assets matrix from Parquet or CSV (first column or index = dates)."""
+    p = Path(path)
+    src = str(p)
+    if kind not in ("prices", "returns"):
+        raise DataError(f"data error in {src}: kind must be 'prices' or 'returns', got {kind!r}")
+    if not p.is_file():
+        raise DataError(f"data error in {src}: file not found")
+    if p.stat().st_size == 0:
+        raise DataError(f"data error in {src}: file is empty")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            frame = pd.read_parquet(p)
+        elif suffix == ".csv":
+            frame = pd.read_csv(p)
+        else:
+            raise DataError(f"data error in {src}: unsupported file type {suffix!r}; "
+                            "use .parquet or .csv")
+    except DataError:
+        raise
+    except Exception as exc:  # pyarrow/pandas parse errors: report, don't traceback
+        raise DataError(f"data error in {src}: cannot read as {suffix[1:]} ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    frame = _with_date_index(frame, src)
+    if kind == "prices":
+        return from_prices_frame(frame, source=src)
+    return from_returns_frame(frame, source=src)
+
+
+def load_dataset(data: str = BUNDLED, *, days: int | None = 500, kind: str = "prices",
+                 synthetic_shape: tuple[int, int] = (1000, 100), seed: int = 7) -> Dataset:
+    """Resolve the CLI's `--data sp500|synthetic|PATH` (+ `--days`)."""
+    if data == BUNDLED:
+        return load_bundled_sp500(days)
+    if data == SYNTHETIC or data.startswith(SYNTHETIC + ":"):
+        shape = synthetic_shape
+        if ":" in data:  # synthetic:TxN
+            try:
+                t, n = data.split(":", 1)[1].lower().split("x")
+                shape = (int(t), int(n))
+            except ValueError:
+                raise DataError(f"data error in {data}: expected synthetic:DAYSxASSETS, "
+                                "e.g. synthetic:2500x500") from None
+        n_days = shape[0] if days is None else days
+        return make_synthetic(n_days, shape[1], seed=seed)
+    ds = load_file(data, kind=kind)
+    if days is not None and ds.n_days > days:
+        ds = _tail(ds, days)
+    return ds
+
+
+def _tail(ds: Dataset, days: int) -> Dataset:
+    bench = None if ds.benchmark is None else ds.benchmark[-days:].copy()
+    return Dataset(np.ascontiguousarray(ds.returns[-days:]), ds.dates[-days:], ds.assets,
+                   ds.source, bench, ds.benchmark_name)
+
+
+# ---------------------------------------------------------------- validation
+def _with_date_index(frame: pd.DataFrame, src: str) -> pd.DataFrame:
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise DataError(f"data error in {src}: no rows or no columns")
+    if not isinstance(frame.index, pd.DatetimeIndex):
+        date_col = next((c for c in frame.columns if str(c).lower() in ("date", "dates", "datetime")),
+                        frame.columns[0])
+        raw = frame[date_col]
+        parsed = pd.to_datetime(raw, errors="coerce", format="mixed") if raw.dtype == object \
+            else pd.to_datetime(raw, errors="coerce")
+        bad = parsed.isna() & raw.notna() | raw.isna()
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(f"data error in {src}: column {date_col!r} row {i + 1}: "
+                            f"{raw.iloc[i]!r} is not a date")
+        frame = frame.drop(columns=[date_col])
+        frame.index = pd.DatetimeIndex(parsed, name="date")
+    return frame
+
+
+def validate_frame(frame: pd.DataFrame, *, source: str, kind: str) -> None:
+    """One clear error per problem, naming file, column and date. Runs before compute."""
+    src = f"data error in {source}"
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise DataError(f"{src}: no rows or no columns")
+    idx = frame.index
+    if not isinstance(idx, pd.DatetimeIndex):
+        raise DataError(f"{src}: index is not dates ({idx.dtype})")
+    dup = idx[idx.duplicated()]
+    if len(dup):
+        raise DataError(f"{src}: duplicate date {dup[0].date()}")
+    if not idx.is_monotonic_increasing:
+        pos = int(np.flatnonzero(np.diff(idx.asi8) < 0)[0]) + 1
+        raise DataError(f"{src}: dates not sorted: {idx[pos].date()} comes after {idx[pos - 1].date()}")
+    cols = [str(c) for c in frame.columns]
+    if len(set(cols)) != len(cols):
+        raise DataError(f"{src}: duplicate column names")
+    for col in frame.columns:
+        if not pd.api.types.is_numeric_dtype(frame[col]) or pd.api.types.is_bool_dtype(frame[col]):
+            raise DataError(f"{src}: column {col!r} is not numeric ({frame[col].dtype})")
+    values = frame.to_numpy(dtype=np.float64)
+    inf = np.isinf(values)
+    if inf.any():
+        r, c = map(int, np.argwhere(inf)[0])
+        raise DataError(f"{src}: column {cols[c]!r} date {idx[r].date()}: infinite value")
+    empty = np.isnan(values).all(axis=0)
+    if empty.any():
+        raise DataError(f"{src}: column {cols[int(np.flatnonzero(empty)[0])]!r} has no values")
+    if kind == "prices":
+        bad = ~np.isnan(values) & (values <= 0)
+        if bad.any():
+            r, c = map(int, np.argwhere(bad)[0])
+            raise DataError(f"{src}: column {cols[c]!r} date {idx[r].date()}: "
+                            f"non-positive price {values[r, c]!r}")
+    else:
+        bad = ~np.isnan(values) & (values <= -1)
+        if bad.any():
+            r, c = map(int, np.argwhere(bad)[0])
+            raise DataError(f"{src}: column {cols[c]!r} date {idx[r].date()}: "
+                            f"return {values[r, c]!r} <= -100%")
+
+
+def validate_for_config(ds: Dataset, config) -> None:
+    """Checks that need both data and config (enough rows for a window, enough assets)."""
+    src = f"data error in {ds.source}"
+    need = config.windows.train + config.windows.test
+    if ds.n_days < need:
+        raise DataError(f"{src}: {ds.n_days} return rows, fewer than one window needs "
+                        f"(train {config.windows.train} + test {config.windows.test} = {need})")
+    if ds.n_assets < 2:
+        raise DataError(f"{src}: {ds.n_assets} asset(s); a tournament needs at least 2")
+    for mode in config.selections:
+        if mode != "all" and ds.n_assets < config.top_k:
+            raise DataError(f"{src}: {ds.n_assets} assets, fewer than selection {mode!r} needs "
+                            f"(top_k = {config.top_k})")

@@ -1,0 +1,1 @@
+"""Optimisation engines: one file per library, looked up by name in tournament.registry."""

@@ -1,0 +1,100 @@
+"""Custom engine: cvxpy problems built once per (profile, n_assets, cap) and re-solved.
+
+Covariance enters through its Cholesky factor L (a cvxpy Parameter), which keeps every
+problem DPP-compliant: cvxpy compiles it once and later solves only refill the data
+(~4x faster than rebuilding per window). Solver: Clarabel (interior point).
+HRP is not a convex program: this engine declares it unsupported.
+"""
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+
+from ..estimation import covariance, expected_returns
+from .base import Engine, EngineError, EngineParams
+
+SOLVER = "CLARABEL"
+
+
+class CustomEngine(Engine):
+    name = "custom"
+    supported_profiles = frozenset({"equal_weight", "min_variance", "max_sharpe", "risk_parity"})
+
+    def __init__(self) -> None:
+        self._problems: dict[tuple, tuple[cp.Problem, dict, cp.Variable]] = {}
+
+    def weights(self, train: np.ndarray, *, profile: str, params: EngineParams) -> np.ndarray:
+        n = train.shape[1]
+        if profile == "equal_weight":
+            if 1.0 / n > params.max_weight + 1e-12:
+                raise EngineError(f"equal weight 1/{n} exceeds the cap {params.max_weight}")
+            self.solver_ = "closed_form"
+            return np.full(n, 1.0 / n)
+        sigma = covariance(train, params.covariance)
+        try:
+            chol = np.linalg.cholesky(sigma)
+        except np.linalg.LinAlgError:
+            raise EngineError("covariance is not positive definite") from None
+        problem, par, var = self._problem(profile, n, params.max_weight)
+        # Scale so the objective is O(1): daily variances ~1e-4 hurt solver tolerances.
+        scale = 1.0 / np.sqrt(np.mean(np.diag(sigma)))
+        par["L"].value = chol * scale
+        if "mu" in par:
+            excess = expected_returns(train) - params.risk_free
+            if excess.max() <= 0:
+                raise EngineError("max_sharpe infeasible: no asset has expected return above "
+                                  "the risk-free rate in this window")
+            par["mu"].value = excess * scale
+        try:
+            problem.solve(solver=SOLVER, warm_start=True)
+        except cp.error.SolverError as exc:
+            raise EngineError(f"{SOLVER} failed: {exc}") from None
+        if problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) or var.value is None:
+            raise EngineError(f"{SOLVER} status {problem.status}")
+        if problem.status == cp.OPTIMAL_INACCURATE:
+            raise EngineError(f"{SOLVER} status optimal_inaccurate")
+        self.solver_ = SOLVER
+        y = np.asarray(var.value, dtype=np.float64)
+        if profile in ("max_sharpe", "risk_parity"):
+            y = y / y.sum()   # both solve in an unnormalised variable
+        if profile == "risk_parity" and y.max() > params.max_weight + 1e-6:
+            raise EngineError(f"risk parity weight {y.max():.4f} exceeds the cap "
+                              f"{params.max_weight} (risk parity cannot honour caps)")
+        return y
+
+    def _problem(self, profile: str, n: int, cap: float):
+        key = (profile, n, cap)
+        if key not in self._problems:
+            self._problems[key] = _BUILDERS[profile](n, cap)
+        return self._problems[key]
+
+
+def _min_variance(n: int, cap: float):
+    L = cp.Parameter((n, n), name="L")
+    w = cp.Variable(n, name="w")
+    constraints = [cp.sum(w) == 1, w >= 0]
+    if cap < 1:
+        constraints.append(w <= cap)
+    return cp.Problem(cp.Minimize(cp.sum_squares(L.T @ w)), constraints), {"L": L}, w
+
+
+def _max_sharpe(n: int, cap: float):
+    # Cornuejols-Tutuncu: min y'Sy s.t. mu'y = 1, y >= 0, y <= cap * sum(y); w = y / sum(y).
+    L = cp.Parameter((n, n), name="L")
+    mu = cp.Parameter(n, name="mu")
+    y = cp.Variable(n, name="y")
+    constraints = [mu @ y == 1, y >= 0]
+    if cap < 1:
+        constraints.append(y <= cap * cp.sum(y))
+    return cp.Problem(cp.Minimize(cp.sum_squares(L.T @ y)), constraints), {"L": L, "mu": mu}, y
+
+
+def _risk_parity(n: int, cap: float):
+    # Equal risk contributions: min 0.5 y'Sy - (1/n) sum log y, y > 0; w = y / sum(y).
+    L = cp.Parameter((n, n), name="L")
+    y = cp.Variable(n, name="y")
+    objective = 0.5 * cp.sum_squares(L.T @ y) - cp.sum(cp.log(y)) / n
+    return cp.Problem(cp.Minimize(objective)), {"L": L}, y
+
+
+_BUILDERS = {"min_variance": _min_variance, "max_sharpe": _max_sharpe, "risk_parity": _risk_parity}

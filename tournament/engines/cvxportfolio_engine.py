@@ -1,0 +1,101 @@
+"""cvxportfolio engine: weights from cvxportfolio's own policies, executed once per cell.
+
+Profiles (declared honestly; anything else is `unsupported`, never delegated):
+
+* equal_weight -> `cvx.Uniform()` policy (1/n on the non-cash assets; fails if 1/n > cap).
+* min_variance -> `cvx.SinglePeriodOptimization(-cvx.FullCovariance(Sigma),
+                  [cvx.LongOnly(applies_to_cash=True), cvx.NoCash(), cvx.MaxWeights(cap)])`,
+                  i.e. min w' Sigma w s.t. w >= 0, cash weight 0 (so sum w = 1, fully
+                  invested, leverage 1), w <= cap. Benchmark AllCash (the default), so the
+                  risk term is the absolute variance of the post-trade weights.
+
+Not supported: max_sharpe (cvxportfolio has no max-Sharpe objective, only mean-variance
+trade-offs `ReturnsForecast() - gamma * risk`, which are not max Sharpe), risk_parity and
+hrp (no such policies).
+
+Covariance: `Sigma` is a fixed DataFrame, the same estimate the custom engine uses
+(`tournament.estimation.covariance`, Ledoit-Wolf or sample per params.covariance), rescaled
+by 1 / mean(diag) so the objective is O(1) (scaling does not change the minimiser). So
+cvxportfolio's own forecaster (HistoricalFactorizedCovariance, a sample covariance) is not
+used and custom/cvxportfolio min_variance are directly comparable.
+
+Market data: none. The policy runs with `execute(h, market_data=None, t=...)` (documented
+since cvxportfolio 1.4.0): every input is supplied, so no market-data server exists, no
+forecaster needs past returns, and nothing can ever be downloaded. `include_cash_return` is
+off (it would need a cash-rate series) and there is no fallback solver (a Clarabel failure
+is reported, not silently re-solved by SCS). cvxportfolio is not thread-safe and adjusts
+logging during runs: calls are serialised by a lock and the 'cvxportfolio' and root logger
+levels are restored afterwards.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import pandas as pd
+
+from ..estimation import covariance
+from .base import Engine, EngineError, EngineParams
+
+SOLVER = "CLARABEL"
+CASH = "_CASH_"
+_T = pd.Timestamp("2000-01-03")   # nominal execution time; no market data is consulted
+_LOCK = threading.Lock()
+
+
+class _QuietCvxportfolio:
+    """Keep cvxportfolio's logging out of stdout/stderr and restore the root level."""
+
+    def __enter__(self):
+        self._root = logging.getLogger().level
+        self._lib = logging.getLogger("cvxportfolio")
+        self._lib_level = self._lib.level
+        self._lib.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self._lib.setLevel(self._lib_level)
+        logging.getLogger().setLevel(self._root)
+        return False
+
+
+class CvxportfolioEngine(Engine):
+    name = "cvxportfolio"
+    supported_profiles = frozenset({"equal_weight", "min_variance"})
+
+    def weights(self, train: np.ndarray, *, profile: str, params: EngineParams) -> np.ndarray:
+        import cvxportfolio as cvx
+
+        n = train.shape[1]
+        cap = float(params.max_weight)
+        names = [f"a{i}" for i in range(n)]
+        h = pd.Series(np.r_[np.zeros(n), 1.0], index=[*names, CASH])   # all cash, value 1
+        if profile == "equal_weight":
+            if 1.0 / n > cap + 1e-12:
+                raise EngineError(f"equal weight 1/{n} exceeds the cap {cap}")
+            policy, label = cvx.Uniform(), "cvxportfolio.Uniform"
+        elif profile == "min_variance":
+            sigma = covariance(train, params.covariance)
+            sigma = sigma / np.mean(np.diag(sigma))
+            constraints = [cvx.LongOnly(applies_to_cash=True), cvx.NoCash()]
+            if cap < 1:
+                constraints.append(cvx.MaxWeights(cap))
+            policy = cvx.SinglePeriodOptimization(
+                -cvx.FullCovariance(pd.DataFrame(sigma, index=names, columns=names)),
+                constraints, include_cash_return=False, fallback_solver=None, solver=SOLVER)
+            label = f"cvxportfolio.SinglePeriodOptimization/{SOLVER}"
+        else:
+            raise EngineError(f"cvxportfolio engine does not implement profile {profile!r}")
+
+        self.solver_ = label
+        with _LOCK, _QuietCvxportfolio():
+            try:
+                u, _, _ = policy.execute(h, None, t=_T)
+            except Exception as exc:  # noqa: BLE001 - any cvxportfolio failure -> EngineError
+                raise EngineError(f"{label} failed: {type(exc).__name__}: {exc}") from None
+        post = (h + u).to_numpy(dtype=np.float64)
+        if not np.isfinite(post).all():
+            raise EngineError(f"{label} returned non-finite weights")
+        if abs(post[-1]) > 1e-6:
+            raise EngineError(f"{label} left cash weight {post[-1]:.3g} (not fully invested)")
+        return post[:-1] / post[:-1].sum()

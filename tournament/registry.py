@@ -1,0 +1,64 @@
+"""Name -> implementation registries, resolved lazily.
+
+Registries map names to "module:attribute" strings so that listing or validating names
+never imports a heavy library (skfolio, cvxportfolio, vectorbt, nautilus). Adding an engine
+or simulator is one new file plus one line here.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .errors import ConfigError, unknown_name
+
+SELECTIONS = ("all", "momentum", "low_vol", "cluster")
+
+PROFILES = ("equal_weight", "min_variance", "max_sharpe", "risk_parity", "hrp")
+
+ENGINES = {
+    "custom": "tournament.engines.custom:CustomEngine",
+    "skfolio": "tournament.engines.skfolio_engine:SkfolioEngine",
+    "cvxportfolio": "tournament.engines.cvxportfolio_engine:CvxportfolioEngine",
+    # Always-present baseline (raw-pool equal weight); not a user-selectable engine.
+    "baseline": "tournament.engines.baseline:BaselineEngine",
+}
+USER_ENGINES = tuple(name for name in ENGINES if name != "baseline")
+
+SIMULATORS = {
+    "custom": "tournament.simulators.custom:CustomSimulator",
+    "vectorbt": "tournament.simulators.vectorbt_sim:VectorbtSimulator",
+    "cvxportfolio": "tournament.simulators.cvxportfolio_sim:CvxportfolioSimulator",
+    "nautilus": "tournament.simulators.nautilus_sim:NautilusSimulator",
+}
+
+FIDELITY_TIERS = {
+    "low": ("custom",),
+    "medium": ("custom", "vectorbt"),
+    "high": ("custom", "vectorbt", "cvxportfolio", "nautilus"),
+}
+
+REBALANCE_MODES = ("window", "daily", "tolerance")
+
+
+def _load(target: str):
+    module_name, attribute = target.split(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def get_engine(name: str):
+    """Return an engine instance by name; unknown names list the valid ones."""
+    if name not in ENGINES:
+        raise ConfigError(unknown_name("engine", name, ENGINES))
+    return _load(ENGINES[name])()
+
+
+def get_simulator(name: str):
+    """Return a simulator instance by name; unknown names list the valid ones."""
+    if name not in SIMULATORS:
+        raise ConfigError(unknown_name("simulator", name, SIMULATORS))
+    return _load(SIMULATORS[name])()
+
+
+def module_of(kind: str, name: str) -> str:
+    """Module path implementing an engine/simulator (for code-version digests)."""
+    table = {"engine": ENGINES, "simulator": SIMULATORS}[kind]
+    return table[name].split(":")[0]

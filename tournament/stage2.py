@@ -1,0 +1,143 @@
+"""Stage 2: simulate the cube's strategies for each (rebalance mode, simulator) pair.
+
+Pure functions. The orchestration layer calls `simulate_pair` per (pair, strategy chunk) on
+workers; `results_frame` turns the simulations into the leaderboard rows and daily returns.
+Strategies that are not `ok` in the cube are never simulated: they appear in the results with
+the cube's status and reason, under every pair.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .config import TournamentConfig
+from .cube import FAILED, OK, STRATEGY_KEYS, WeightsCube
+from .data import Dataset
+from .metrics import SCALAR_METRICS, compute_metrics
+from .registry import get_simulator
+from .simulators.base import SimulationResult
+from .simulators.custom import simulate_paths
+from .simulators.orders import build_orders, horizon_rows, orders_from_schedule
+
+RESULT_KEYS = ["selection", "engine", "profile", "rebalance", "simulator"]
+BENCHMARK_KEY = ("benchmark", "baseline", "buy_and_hold")
+
+# Simulator instances per process (nautilus/cvxportfolio keep imports warm).
+_SIMULATORS: dict[str, object] = {}
+
+
+def simulator_instance(name: str):
+    if name not in _SIMULATORS:
+        _SIMULATORS[name] = get_simulator(name)
+    return _SIMULATORS[name]
+
+
+def simulation_pairs(config: TournamentConfig) -> list[tuple[str, str]]:
+    return [(r, s) for r in config.rebalances for s in config.simulators]
+
+
+def ok_strategies(cube: WeightsCube) -> list[tuple[str, str, str]]:
+    st = cube.strategies()
+    return [tuple(x) for x in st.loc[st["status"] == OK, STRATEGY_KEYS].itertuples(index=False)]
+
+
+def simulate_pair(returns: np.ndarray, dates: pd.DatetimeIndex, cube: WeightsCube,
+                  keys: list[tuple[str, str, str]], *, rebalance: str, simulator: str,
+                  config: TournamentConfig) -> SimulationResult:
+    """Simulate `keys` (a chunk of ok strategies) under one rebalance mode and simulator."""
+    orders = build_orders(cube, keys, dates=dates, returns=returns, rebalance=rebalance,
+                          cost_rate=config.costs.rate, tolerance=config.tolerance)
+    result = simulator_instance(simulator).simulate(returns, dates, orders, cube.assets)
+    # Never trust a simulator's day count: a short path is a failure, not a result.
+    if result.net_returns.shape != (len(keys), orders.horizon):
+        result.status = [FAILED] * len(keys)
+        result.reason = [f"{simulator}: returned {result.net_returns.shape[-1]} days, expected "
+                         f"{orders.horizon}"] * len(keys)
+    return result
+
+
+def simulate_benchmark(dataset: Dataset, cube: WeightsCube, config: TournamentConfig,
+                       rebalance: str) -> SimulationResult | None:
+    """Buy-and-hold of the benchmark over the same horizon (custom kernel, 1 asset)."""
+    if dataset.benchmark is None:
+        return None
+    rows, end = horizon_rows(cube, dataset.dates)
+    bench = dataset.benchmark.reshape(-1, 1)
+    targets = np.ones((1, len(rows), 1))
+    orders = orders_from_schedule(targets, rows, end, keys=[BENCHMARK_KEY], returns=bench,
+                                  rebalance="window", cost_rate=config.costs.rate)
+    paths = simulate_paths(np.nan_to_num(bench), orders.start, targets, orders.target_index,
+                           trade=orders.trade, cost_rate=config.costs.rate)
+    return SimulationResult("custom", rebalance, [BENCHMARK_KEY],
+                            pd.DatetimeIndex(dataset.dates[orders.start:end + 1]),
+                            paths.net_returns, paths.turnover, paths.costs, [OK], [""],
+                            np.zeros(1))
+
+
+def merge_results(parts: list[SimulationResult]) -> SimulationResult:
+    """Concatenate strategy chunks of the same (rebalance, simulator) pair."""
+    first = parts[0]
+    return SimulationResult(first.simulator, first.rebalance,
+                            [k for p in parts for k in p.keys], first.dates,
+                            np.vstack([p.net_returns for p in parts]),
+                            np.vstack([p.turnover for p in parts]),
+                            np.vstack([p.costs for p in parts]),
+                            [s for p in parts for s in p.status],
+                            [r for p in parts for r in p.reason],
+                            np.concatenate([p.seconds for p in parts]))
+
+
+def results_frame(sims: list[SimulationResult], cube: WeightsCube, dataset: Dataset,
+                  config: TournamentConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(results: one row per strategy x rebalance x simulator, returns: long daily frame)."""
+    rows, _ = horizon_rows(cube, dataset.dates)
+    window_starts = rows - rows[0]
+    records, returns_parts = [], []
+    for sim in sims:
+        for s, key in enumerate(sim.keys):
+            rec = dict(zip(RESULT_KEYS, (*key, sim.rebalance, sim.simulator)))
+            rec.update(status=sim.status[s], reason=sim.reason[s],
+                       sim_seconds=float(sim.seconds[s]) if sim.seconds is not None else np.nan)
+            if sim.status[s] == OK:
+                rec.update(compute_metrics(sim.net_returns[s], sim.turnover[s], sim.costs[s],
+                                           window_starts=window_starts,
+                                           periods=config.annualization,
+                                           risk_free=config.risk_free))
+                part = pd.DataFrame({"date": sim.dates, "net_return": sim.net_returns[s]})
+                for col, val in zip(RESULT_KEYS, (*key, sim.rebalance, sim.simulator)):
+                    part[col] = val
+                returns_parts.append(part)
+            records.append(rec)
+    # Strategies the cube could not produce: listed under every pair, never simulated.
+    st = cube.strategies()
+    for row in st[st["status"] != OK].itertuples(index=False):
+        for rebalance, simulator in simulation_pairs(config):
+            records.append({"selection": row.selection, "engine": row.engine,
+                            "profile": row.profile, "rebalance": rebalance,
+                            "simulator": simulator, "status": row.status, "reason": row.reason})
+    results = pd.DataFrame.from_records(records)
+    for col in ("status", "reason", "sim_seconds", *SCALAR_METRICS):
+        if col not in results:
+            results[col] = np.nan
+    results = results[[*RESULT_KEYS, "status", "reason", *SCALAR_METRICS, "sim_seconds"]]
+    results = results.sort_values(RESULT_KEYS, kind="stable").reset_index(drop=True)
+    long = (pd.concat(returns_parts, ignore_index=True) if returns_parts else
+            pd.DataFrame(columns=["date", "net_return", *RESULT_KEYS]))
+    long = long[["date", *RESULT_KEYS, "net_return"]]
+    return results, long
+
+
+def run_stage2(dataset: Dataset, cube: WeightsCube, config: TournamentConfig
+               ) -> list[SimulationResult]:
+    """Notebook entry point: every pair, every ok strategy, in this process."""
+    keys = ok_strategies(cube)
+    sims = []
+    for rebalance, simulator in simulation_pairs(config):
+        if keys:
+            sims.append(simulate_pair(dataset.returns, dataset.dates, cube, keys,
+                                      rebalance=rebalance, simulator=simulator, config=config))
+    for rebalance in config.rebalances:
+        bench = simulate_benchmark(dataset, cube, config, rebalance)
+        if bench is not None:
+            sims.append(bench)
+    return sims
