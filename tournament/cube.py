@@ -112,9 +112,11 @@ class WeightsCube:
         h.update("\x1f".join(self.assets).encode())
         return h.hexdigest()[:16]
 
-    def equals(self, other: "WeightsCube") -> bool:
+    def equals(self, other: "WeightsCube", *, ignore_timing: bool = False) -> bool:
+        """Same assets, cells and weights (optionally ignoring the solve_seconds column)."""
+        drop = ["solve_seconds"] if ignore_timing else []
         return (self.assets == other.assets
-                and self.cells.equals(other.cells)
+                and self.cells.drop(columns=drop).equals(other.cells.drop(columns=drop))
                 and np.array_equal(self.weights, other.weights))
 
     # ------------------------------------------------------------------ persistence

@@ -46,7 +46,7 @@ class CustomEngine(Engine):
                                   "the risk-free rate in this window")
             par["mu"].value = excess * scale
         try:
-            problem.solve(solver=SOLVER, warm_start=True)
+            problem.solve(solver=SOLVER, warm_start=False)
         except cp.error.SolverError as exc:
             raise EngineError(f"{SOLVER} failed: {exc}") from None
         if problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) or var.value is None:

@@ -1,0 +1,1 @@
+"""Prefect flows: the parent tournament flow and its two Ray-backed subflows."""

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers that add caching, retries and names around core calls."""
