@@ -42,8 +42,13 @@ class Dataset:
     def n_assets(self) -> int:
         return self.returns.shape[1]
 
+    def __post_init__(self):
+        # Immutable: a dataset is shared (and fingerprinted); nobody may edit it in place.
+        self.returns.setflags(write=False)
+
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.returns, index=self.dates, columns=list(self.assets))
+        """A writable copy as a DataFrame (dates x assets)."""
+        return pd.DataFrame(self.returns.copy(), index=self.dates, columns=list(self.assets))
 
     @cached_property
     def fingerprint(self) -> str:
