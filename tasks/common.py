@@ -23,3 +23,11 @@ def log_execution(kind: str, cache_key: str, count: int) -> None:
                        "time": time.time()})
     with open(path, "a") as fh:   # O_APPEND lines < PIPE_BUF are atomic on Linux
         fh.write(line + "\n")
+
+
+def injected_delay() -> None:
+    """Sleep TOURNAMENT_TASK_DELAY seconds at task start (fault-injection tests use it to
+    kill a run mid-stage deterministically). Unset in normal runs."""
+    delay = float(os.environ.get("TOURNAMENT_TASK_DELAY", "0") or 0)
+    if delay > 0:
+        time.sleep(delay)

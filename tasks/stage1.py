@@ -9,7 +9,7 @@ from tournament.cube import Cell, CellResult
 from tournament.stage1 import solve_cells
 from tournament.windows import Window
 
-from .common import key_from_parameters, log_execution
+from .common import injected_delay, key_from_parameters, log_execution
 
 
 @task(cache_key_fn=key_from_parameters, persist_result=True, retries=2, retry_delay_seconds=1,
@@ -18,6 +18,7 @@ def solve_chunk(returns: np.ndarray, windows: list[Window], cells: list[Cell],
                 config: TournamentConfig, *, chunk_name: str, cache_key: str,
                 key_parts: dict) -> dict:
     """Solve the chunk's cells (core call) and return results with their cache-key parts."""
+    injected_delay()
     results: list[CellResult] = solve_cells(returns, windows, cells, config)
     log_execution("stage1", cache_key, sum(r.status != "unsupported" for r in results))
     return {"results": results, "key_parts": key_parts}

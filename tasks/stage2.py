@@ -9,7 +9,7 @@ from tournament.config import TournamentConfig
 from tournament.cube import WeightsCube
 from tournament.stage2 import simulate_pair
 
-from .common import key_from_parameters, log_execution
+from .common import injected_delay, key_from_parameters, log_execution
 
 
 @task(cache_key_fn=key_from_parameters, persist_result=True, retries=2, retry_delay_seconds=1,
@@ -18,6 +18,7 @@ def simulate_chunk(returns: np.ndarray, dates: pd.DatetimeIndex, cube: WeightsCu
                    keys: list[tuple[str, str, str]], config: TournamentConfig, *,
                    rebalance: str, simulator: str, chunk_name: str, cache_key: str,
                    key_parts: dict) -> dict:
+    injected_delay()
     result = simulate_pair(returns, dates, cube, keys, rebalance=rebalance,
                            simulator=simulator, config=config)
     log_execution("stage2", cache_key, len(keys))

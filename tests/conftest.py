@@ -1,11 +1,34 @@
-"""Shared fixtures: the bundled real data and small cubes, built once per session."""
+"""Shared fixtures.
+
+* The bundled real data and a default-grid cube, built once per session.
+* One Prefect server per session (a `prefect server start` subprocess on 127.0.0.1 with an
+  isolated PREFECT_HOME), stopped by PID at the end. Flow tests run in this process, so Ray
+  is initialised once for the session and shut down at the end.
+"""
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Before anything imports prefect: isolated home, no telemetry.
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="tournament-tests-"))
+os.environ.setdefault("PREFECT_HOME", str(_SESSION_DIR / "prefect-home"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".numba-cache"))
+os.environ["TOURNAMENT_EXECUTION_LOG"] = str(_SESSION_DIR / "executions.jsonl")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +43,92 @@ def default_cube(sp500):
     from tournament.config import load_config
     from tournament.stage1 import run_stage1
     return run_stage1(sp500, load_config())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    import httpx
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+def stop_process_tree(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """Stop exactly this process and its descendants, by PID."""
+    import psutil
+    try:
+        parent = psutil.Process(proc.pid)
+        family = parent.children(recursive=True) + [parent]
+    except psutil.NoSuchProcess:
+        return
+    for p in family:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real Prefect server for the session; its URL is exported for Ray workers."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    log = open(_SESSION_DIR / "prefect-server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host",
+                             "127.0.0.1", "--port", str(port)], stdout=log, stderr=log,
+                            env={**os.environ, "PREFECT_UI_ENABLED": "false"})
+    try:
+        wait_http(f"{url}/health", timeout=90)
+        os.environ["PREFECT_API_URL"] = url
+        yield url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        stop_process_tree(proc)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def ray_session(prefect_server):
+    """Ray started once in this process (after the API URL is set, so workers inherit it)."""
+    import ray
+
+    from flows.runtime import init_ray
+    started = init_ray(num_cpus=2)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture
+def executions(session_dir):
+    """Counts real (non-cached) task executions since the fixture was created."""
+    path = Path(os.environ["TOURNAMENT_EXECUTION_LOG"])
+    start = path.stat().st_size if path.exists() else 0
+
+    def read(kind: str | None = None) -> list[dict]:
+        import json
+        if not path.exists():
+            return []
+        with open(path) as fh:
+            fh.seek(start)
+            rows = [json.loads(line) for line in fh if line.strip()]
+        return [r for r in rows if kind is None or r["kind"] == kind]
+    return read

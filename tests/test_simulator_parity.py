@@ -7,15 +7,19 @@ custom engine (2 selections x 3 profiles + the equal-weight baseline = 7 ok stra
 Measured on this data (2 cores, vectorbt 1.0.0, cvxportfolio 1.5.1), max over strategies of
 |final equity / custom final equity - 1|:
 * cvxportfolio: ~5e-15 window / ~8e-14 daily / ~6e-15 tolerance  -> asserted < 1e-9
-* vectorbt:     ~2.7e-10 in all three modes                       -> asserted < 1e-4
+* vectorbt:     ~1.5e-10 to 2.7e-10 in all three modes            -> asserted < 1e-4
   (the residual comes from solver-noise weights ~1e-11: vectorbt snaps positions within its
   rel_tol 1e-9 of zero). Without the loan column (see vectorbt_sim.py: vectorbt cannot let
   cash go negative to pay fees, so it shrinks the last buy) the difference is ~2.7e-4
   window / ~4e-5 daily / ~2.6e-4 tolerance on these concentrated portfolios.
-Turnover totals (sum over days, per strategy), relative to custom: cvxportfolio ~6e-16,
-vectorbt ~1e-10 -> asserted < 1e-9 and < 1e-6 (vectorbt without the loan column: ~1e-3).
-One-day mistakes: vectorbt trading one day late and cvxportfolio fed unshifted returns (a
-one-day look-ahead) each move final equity by ~1e-2 (min over strategies > 5e-3).
+Turnover totals (sum over days, per strategy), relative to custom: cvxportfolio ~3e-16,
+vectorbt ~3e-11 -> asserted < 1e-9 and < 1e-6 (vectorbt without the loan column: ~1e-3).
+One-day mistakes, |final equity ratio - 1| over the 7 strategies (min / median / max):
+* vectorbt trading one day late: window 1.1e-3 / 7.6e-3 / 1.6e-2, daily 2.3e-5 / 9.2e-3 /
+  1.2e-2 (one final value happens to land back near the reference), tolerance similar to
+  window. Hence the shift tests assert the median final difference and, per strategy, the
+  max difference along the equity curve (> 10 x the vectorbt tolerance).
+* cvxportfolio fed unshifted returns (a one-day look-ahead): 1.1e-2 / 1.3e-2 / 3.8e-2.
 """
 from __future__ import annotations
 

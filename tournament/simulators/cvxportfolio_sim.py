@@ -83,7 +83,7 @@ def make_market_simulator(frame: pd.DataFrame, cost_rate: float):
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         md = cvx.UserProvidedMarketData(returns=frame, cash_key=CASH,
-                                        min_history=pd.Timedelta(0), online_usage=True)
+                                        min_history=pd.Timedelta(0))
         return cvx.MarketSimulator(market_data=md,
                                    costs=[cvx.TransactionCost(a=cost_rate, b=None)])
 

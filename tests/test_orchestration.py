@@ -1,0 +1,203 @@
+"""Prefect + Ray orchestration: caching, incremental reruns, resume after SIGKILL, legacy.
+
+One Prefect server per session; Ray started once in this process for in-process flow runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO, stop_process_tree
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+
+SMALL = {"engines": ["custom", "skfolio"], "selections": ["all", "momentum"],
+         "profiles": ["equal_weight", "min_variance", "hrp"], "rebalances": ["window", "tolerance"]}
+
+
+def run_flow(tmp: Path, name: str, *, storage: Path, overrides=None, fidelity="low", **kw):
+    from flows.tournament_flow import tournament
+    return tournament(fidelity=fidelity, data="sp500", days=500, out=str(tmp / name),
+                      result_storage=str(storage), overrides=overrides or SMALL, **kw)
+
+
+def read_results(run_dir: Path) -> pd.DataFrame:
+    return pd.read_parquet(run_dir / "results.parquet")
+
+
+def test_run_writes_every_output_and_one_ok_row_per_supported_cell(ray_session, tmp_path):
+    summary = run_flow(tmp_path, "run", storage=tmp_path / "cache")
+    out = tmp_path / "run"
+    for name in ["weights_cube.pkl", "weights_cube.parquet", "cells.parquet", "results.parquet",
+                 "returns.parquet", "tournament_state.json", "manifest.json"]:
+        assert (out / name).exists(), name
+    results = read_results(out)
+    ok = results[results.status == "ok"]
+    # supported strategies: custom {ew, mv} + skfolio {ew, mv, hrp} per selection, + baseline
+    n_supported = 2 * (2 + 3) + 1
+    keys = ["selection", "engine", "profile", "rebalance", "simulator"]
+    assert len(ok[ok.engine != "baseline"]) + len(ok[(ok.engine == "baseline") & (ok.selection == "all")]) \
+        == n_supported * 2
+    assert not ok.duplicated(keys).any()
+    unsupported = results[results.status == "unsupported"]
+    assert set(unsupported.engine) == {"custom"} and set(unsupported.profile) == {"hrp"}
+    for col in ["sharpe", "cagr", "volatility", "max_drawdown", "turnover", "costs"]:
+        assert ok[col].notna().all(), col
+    returns = pd.read_parquet(out / "returns.parquet")
+    assert list(returns.columns) == ["date", *keys, "net_return"]
+    assert not returns.duplicated(["date", *keys]).any()       # no date twice in a path
+    state = json.loads((out / "tournament_state.json").read_text())
+    assert state["status"] == "completed" and state["stages"]["stage1"]["pending"] == 0
+    assert state["stages"]["stage2"]["pending"] == 0
+    assert summary["status"] == "completed"
+
+
+def test_rerun_is_all_cached_and_one_changed_selection_recomputes_only_its_cells(
+        ray_session, tmp_path, executions):
+    storage = tmp_path / "cache"
+    run_flow(tmp_path, "cold", storage=storage)
+    cold = executions()
+    assert sum(r["count"] for r in cold if r["kind"] == "stage1") > 0
+
+    start = len(cold)
+    summary = run_flow(tmp_path, "warm", storage=storage)
+    warm = executions()[start:]
+    assert warm == [], "a rerun with nothing changed must execute zero solves/simulations"
+    assert summary["cache"]["stage1"]["cached"] == summary["cache"]["stage1"]["tasks"]
+    assert summary["cache"]["stage2"]["cached"] == summary["cache"]["stage2"]["tasks"]
+    pd.testing.assert_frame_equal(read_results(tmp_path / "cold").drop(columns="sim_seconds"),
+                                  read_results(tmp_path / "warm").drop(columns="sim_seconds"))
+
+    # Change ONE selection mode: momentum -> low_vol.
+    start = len(executions())
+    changed = {**SMALL, "selections": ["all", "low_vol"]}
+    run_flow(tmp_path, "incremental", storage=storage, overrides=changed)
+    inc = executions()[start:]
+    solved = sum(r["count"] for r in inc if r["kind"] == "stage1")
+    simulated = sum(r["count"] for r in inc if r["kind"] == "stage2")
+    n_windows = 15
+    # low_vol cells only: custom {ew, mv} + skfolio {ew, mv, hrp} (hrp/custom is unsupported)
+    assert solved == n_windows * 5
+    # low_vol strategies only (5) x 2 rebalance modes x 1 simulator
+    assert simulated == 5 * 2
+    results = read_results(tmp_path / "incremental")
+    assert set(results.selection) == {"all", "low_vol", "benchmark"}
+
+
+def test_identical_weights_are_not_resimulated(ray_session, tmp_path, executions):
+    """A Stage 1 change that leaves weights identical (top_k does not affect 'all')."""
+    storage = tmp_path / "cache"
+    grid = {**SMALL, "selections": ["all"]}
+    run_flow(tmp_path, "a", storage=storage, overrides={**grid, "top_k": 10})
+    start = len(executions())
+    run_flow(tmp_path, "b", storage=storage, overrides={**grid, "top_k": 8})
+    assert executions()[start:] == []      # 'all' does not depend on top_k: nothing reruns
+
+
+def test_two_stage_equals_legacy(ray_session, tmp_path, sp500):
+    from tournament.config import load_config
+    from tournament.pipeline import run_legacy
+    run_flow(tmp_path, "two", storage=tmp_path / "cache")
+    two = read_results(tmp_path / "two").drop(columns="sim_seconds")
+    legacy = run_legacy(sp500, load_config(fidelity="low", **SMALL)).results.drop(columns="sim_seconds")
+    pd.testing.assert_frame_equal(two, legacy, check_exact=False, rtol=1e-12, atol=1e-15)
+
+
+def test_cache_keys_never_hash_arrays_through_inputs():
+    from prefect.cache_policies import CacheKeyFnPolicy
+
+    from tasks.stage1 import solve_chunk
+    from tasks.stage2 import simulate_chunk
+    from tournament.config import load_config
+    from tournament.cube import Cell
+    from tournament.keys import stage1_key_parts, stage2_key_parts
+    for task in (solve_chunk, simulate_chunk):
+        assert isinstance(task.cache_policy, CacheKeyFnPolicy)
+        assert task.cache_policy.cache_key_fn.__name__ == "key_from_parameters"
+    cfg = load_config()
+    parts = [stage1_key_parts([Cell(0, "all", "custom", "min_variance")], data_fingerprint="f",
+                              config=cfg, window_dates=["2021-01-04"]),
+             stage2_key_parts(["abc"], rebalance="window", simulator="custom",
+                              data_fingerprint="f", config=cfg)]
+    for p in parts:   # plain JSON: strings, numbers, lists, dicts only
+        assert json.loads(json.dumps(p)) == p
+
+
+# ----------------------------------------------------------------------------- SIGKILL resume
+def _cli(tmp: Path, out: str, api_url: str, extra_env=None, storage="cache") -> subprocess.Popen:
+    env = {**os.environ, "PREFECT_API_URL": api_url, **(extra_env or {})}
+    args = [sys.executable, "-m", "flows.cli", "run", "--data", "sp500", "--fidelity", "low",
+            "--out", str(tmp / out), "--result-storage", str(tmp / storage), "--num-cpus", "2",
+            "--engines", "custom,skfolio", "--selections", "all,momentum,low_vol",
+            "--profiles", "equal_weight,min_variance,hrp", "--rebalances", "window,daily"]
+    return subprocess.Popen(args, cwd=tmp, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_state(path: Path, predicate, timeout=240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = json.loads(path.read_text())
+            if predicate(state):
+                return state
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"state never matched: {path}")
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver and every process it started (Ray raylet, workers), by PID."""
+    import psutil
+    family = psutil.Process(proc.pid).children(recursive=True)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for p in family:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=10)
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_sigkill_mid_stage_then_rerun_matches_clean_run(prefect_server, tmp_path, stage):
+    state_file = tmp_path / "killed" / "tournament_state.json"
+    proc = _cli(tmp_path, "killed", prefect_server, {"TOURNAMENT_TASK_DELAY": "1.5"})
+    try:
+        _wait_state(state_file, lambda s: 0 < s["stages"][stage]["total"] - s["stages"][stage]["pending"]
+                    < s["stages"][stage]["total"])
+    finally:
+        _kill_tree(proc)
+    killed_state = json.loads(state_file.read_text())
+    assert killed_state["status"] == "running"        # it really died mid-run
+    assert not (tmp_path / "killed" / "results.parquet").exists()
+
+    rerun = _cli(tmp_path, "killed", prefect_server)
+    try:
+        output, _ = rerun.communicate(timeout=400)
+    finally:
+        stop_process_tree(rerun)
+    assert rerun.returncode == 0, output[-3000:]
+    final = json.loads(state_file.read_text())
+    assert final["status"] == "completed"
+    assert final["stages"]["stage1"]["cached"] > 0     # resumed from stored results
+
+    clean = _cli(tmp_path, "clean", prefect_server, storage="clean-cache")
+    try:
+        output, _ = clean.communicate(timeout=400)
+    finally:
+        stop_process_tree(clean)
+    a = read_results(tmp_path / "killed").drop(columns="sim_seconds")
+    b = read_results(tmp_path / "clean").drop(columns="sim_seconds")
+    pd.testing.assert_frame_equal(a, b)

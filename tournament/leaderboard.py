@@ -1,0 +1,222 @@
+"""Overfitting and robustness columns for the results table (pure pandas/numpy/scipy).
+
+`add_overfitting_columns(results, returns)` adds, for every `ok` row of the tournament:
+
+* ``n_trials``       N = number of ok strategy rows in the tournament, i.e. every
+                     (selection, engine, profile, rebalance, simulator) that produced a path,
+                     the buy-and-hold benchmark excluded (it is a reference, not a trial).
+                     Each simulated configuration is one tried variant, so N counts them all;
+                     near-duplicates (the same weights under another simulator or rebalance
+                     mode) are what ``n_effective_trials`` corrects for.
+* ``dsr``            Deflated Sharpe Ratio (tournament.stats.deflated_sharpe_ratio) of the
+                     row's per-period Sharpe (``sharpe / sqrt(periods)``, i.e. the reported
+                     metric de-annualised, risk-free included) against SR0 =
+                     E[max Sharpe of N zero-skill trials], with ``sharpe_variance`` = sample
+                     variance (ddof=1) of the per-period Sharpes of all N trials, and the
+                     row's own n_obs / skew / kurtosis (non-excess) from its daily returns.
+* ``n_effective_trials``  number of correlation clusters among the N trials' daily return
+                     series aligned by date (tournament.stats.effective_number_of_trials,
+                     default threshold 0.5); 1 <= N_eff <= N.
+* ``dsr_effective``  the DSR with N = n_effective_trials (same variance).
+* ``pbo``            Probability of Backtest Overfitting by CSCV, ONE value per simulator,
+                     computed over the T x S matrix of that simulator's ok strategies x
+                     rebalance modes (S columns, benchmark excluded), put on every ok row
+                     of that simulator. 16 splits, or the largest even number <= T if T < 16;
+                     dates where any column is missing are dropped (CSCV needs a full
+                     matrix). NaN with fewer than 2 strategies or fewer than 2 dates.
+* ``friction_decay`` ``1 - Sharpe(highest-fidelity simulator that ran ok) / Sharpe(custom)``
+                     for the same (selection, engine, profile, rebalance), fidelity order
+                     custom < vectorbt < cvxportfolio < nautilus; the same value on every ok
+                     simulator row of that strategy; NaN when only custom ran (or custom
+                     did not run / Sharpe is 0 or NaN).
+* ``temporal_fragility``  ``window_sharpe_std / |window_sharpe_mean|``: the coefficient of
+                     variation of the per-window Sharpe ratios, which is exactly
+                     tournament.stats.temporal_fragility over the finite window Sharpes
+                     (metrics.compute_metrics drops undefined windows before taking the
+                     mean and the ddof=1 std). NaN with < 2 windows or a zero mean.
+* ``kendall_tau``    Kendall tau-b between this simulator's Sharpe and custom's Sharpe over
+                     the strategies (benchmark excluded), per (simulator, rebalance); custom
+                     rows get 1.0 whenever the ranking is defined (>= 2 strategies, not all
+                     tied).
+
+Nothing is clipped; NaN where a statistic is undefined. Rows that are not ok get NaN in
+all columns; benchmark rows get only ``temporal_fragility``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+
+RESULT_KEYS = ["selection", "engine", "profile", "rebalance", "simulator"]
+STRATEGY_KEYS = ["selection", "engine", "profile"]
+BENCHMARK_SELECTION = "benchmark"
+SIMULATOR_FIDELITY = ("custom", "vectorbt", "cvxportfolio", "nautilus")
+BASELINE_SIMULATOR = "custom"
+PBO_SPLITS = 16
+OVERFITTING_COLUMNS = ("n_trials", "n_effective_trials", "dsr", "dsr_effective", "pbo",
+                       "friction_decay", "temporal_fragility", "kendall_tau")
+
+__all__ = ["add_overfitting_columns", "simulator_agreement", "returns_matrix",
+           "OVERFITTING_COLUMNS", "SIMULATOR_FIDELITY"]
+
+
+def _fidelity(simulator: str) -> int:
+    # Unknown simulators rank above the known ones (assumed higher fidelity), by name.
+    try:
+        return SIMULATOR_FIDELITY.index(simulator)
+    except ValueError:
+        return len(SIMULATOR_FIDELITY)
+
+
+def returns_matrix(returns: pd.DataFrame, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(dates, T x S matrix) of daily net returns for `rows` (one column per row, in order).
+
+    Dates are the union over the selected rows, sorted; missing days are NaN.
+    """
+    n = len(rows)
+    if n == 0 or returns.empty:
+        return np.array([], dtype="datetime64[ns]"), np.full((0, n), np.nan)
+    idx = pd.MultiIndex.from_frame(rows[RESULT_KEYS].astype(str))
+    if not idx.is_unique:
+        raise ValueError("results rows are not unique on " + ", ".join(RESULT_KEYS))
+    col = idx.get_indexer(pd.MultiIndex.from_frame(returns[RESULT_KEYS].astype(str)))
+    keep = col >= 0
+    dates, code = np.unique(pd.to_datetime(returns["date"]).to_numpy()[keep],
+                            return_inverse=True)
+    mat = np.full((dates.size, n), np.nan)
+    mat[code, col[keep]] = returns["net_return"].to_numpy(dtype=float)[keep]
+    return dates, mat
+
+
+def _pbo(mat: np.ndarray) -> float:
+    """One CSCV PBO over the columns of `mat` (rows with any NaN dropped)."""
+    if mat.shape[1] < 2:
+        return math.nan
+    full = mat[np.all(np.isfinite(mat), axis=1)]
+    n_obs = full.shape[0]
+    n_splits = min(PBO_SPLITS, n_obs - n_obs % 2)
+    if n_splits < 2:
+        return math.nan
+    return stats.probability_of_backtest_overfitting(full, n_splits=n_splits).pbo
+
+
+def add_overfitting_columns(results: pd.DataFrame, returns: pd.DataFrame, *,
+                            periods: int = 252) -> pd.DataFrame:
+    """A copy of `results` with the columns in OVERFITTING_COLUMNS (see module docstring).
+
+    `results`/`returns` are `stage2.results_frame`'s outputs; `periods` must be the
+    annualisation used for the `sharpe` column (config.annualization).
+    """
+    out = results.copy()
+    for col in OVERFITTING_COLUMNS:
+        out[col] = np.nan
+    if out.empty:
+        return out
+    ok = (out["status"] == "ok").to_numpy()
+    bench = (out["selection"] == BENCHMARK_SELECTION).to_numpy()
+    trial = ok & ~bench
+    sqrt_p = math.sqrt(periods)
+
+    # temporal fragility: CV of the window Sharpes, every ok row (benchmark included).
+    mean = out["window_sharpe_mean"].to_numpy(dtype=float)
+    std = out["window_sharpe_std"].to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tf = np.where(mean != 0, std / np.abs(mean), np.nan)
+    out["temporal_fragility"] = np.where(ok & np.isfinite(tf), tf, np.nan)
+
+    t_idx = np.flatnonzero(trial)
+    n_trials = t_idx.size
+    if n_trials == 0:
+        return out
+    trials = out.iloc[t_idx]
+    _, mat = returns_matrix(returns, trials)
+
+    # DSR inputs: per-period Sharpe of each trial, its own moments from its daily returns.
+    sr = trials["sharpe"].to_numpy(dtype=float) / sqrt_p
+    n_obs = np.empty(n_trials)
+    skew = np.empty(n_trials)
+    kurt = np.empty(n_trials)
+    for j in range(n_trials):
+        _, n_obs[j], skew[j], kurt[j] = stats.sharpe_ratio_moments(mat[:, j])
+    finite_sr = sr[np.isfinite(sr)]
+    if n_trials == 1:
+        variance = 0.0   # no selection: SR0 = 0 whatever the variance
+    else:
+        variance = float(np.var(finite_sr, ddof=1)) if finite_sr.size > 1 else math.nan
+    n_eff = stats.effective_number_of_trials(mat)
+    dsr_cols = {}
+    for name, n in (("dsr", n_trials), ("dsr_effective", n_eff)):
+        dsr, _ = stats.deflated_sharpe_ratio(sharpe=sr, n_obs=n_obs, skew=skew, kurtosis=kurt,
+                                             n_trials=n, sharpe_variance=variance)
+        dsr_cols[name] = np.asarray(dsr, dtype=float)
+    cols = {c: out.columns.get_loc(c) for c in OVERFITTING_COLUMNS}
+    out.iloc[t_idx, cols["n_trials"]] = float(n_trials)
+    out.iloc[t_idx, cols["n_effective_trials"]] = float(n_eff)
+    out.iloc[t_idx, cols["dsr"]] = dsr_cols["dsr"]
+    out.iloc[t_idx, cols["dsr_effective"]] = dsr_cols["dsr_effective"]
+
+    # PBO: one per simulator over its strategies x rebalance modes.
+    sims = trials["simulator"].to_numpy()
+    pbo = np.full(n_trials, np.nan)
+    for sim in pd.unique(sims):
+        m = sims == sim
+        pbo[m] = _pbo(mat[:, m])
+    out.iloc[t_idx, cols["pbo"]] = pbo
+
+    # Friction decay: highest-fidelity ok simulator vs custom, per strategy x rebalance.
+    keys4 = [*STRATEGY_KEYS, "rebalance"]
+    tr = trials[[*keys4, "simulator", "sharpe"]].copy()
+    tr["_fid"] = [_fidelity(s) for s in tr["simulator"]]
+    tr["_pos"] = t_idx
+    decay = np.full(n_trials, np.nan)
+    for j, (_, g) in enumerate(tr.groupby(keys4, sort=False)):
+        custom = g[g["simulator"] == BASELINE_SIMULATOR]
+        high = g.sort_values(["_fid", "simulator"]).iloc[-1]
+        if custom.empty or high["simulator"] == BASELINE_SIMULATOR:
+            continue
+        value = stats.friction_decay(high["sharpe"], custom["sharpe"].iloc[0])
+        decay[np.searchsorted(t_idx, g["_pos"].to_numpy())] = value
+    out.iloc[t_idx, cols["friction_decay"]] = decay
+
+    # Kendall tau of each simulator's Sharpe ranking vs custom's, per rebalance.
+    wide = tr.set_index([*STRATEGY_KEYS, "rebalance", "simulator"])["sharpe"].unstack(
+        ["rebalance", "simulator"])
+    tau = np.full(n_trials, np.nan)
+    rebal = tr["rebalance"].to_numpy()
+    for rebalance, sim in wide.columns:
+        if (rebalance, BASELINE_SIMULATOR) not in wide.columns:
+            continue
+        value = stats.kendall_tau(wide[(rebalance, sim)].to_numpy(dtype=float),
+                                  wide[(rebalance, BASELINE_SIMULATOR)].to_numpy(dtype=float))
+        tau[(rebal == rebalance) & (sims == sim)] = value
+    out.iloc[t_idx, cols["kendall_tau"]] = tau
+    return out
+
+
+def simulator_agreement(results: pd.DataFrame) -> pd.DataFrame:
+    """Per strategy x rebalance: final equity under each simulator (ok rows only) and
+    ``max_rel_diff`` = max over the other simulators of |equity - custom| / |custom|
+    (NaN when custom or every other simulator is missing)."""
+    keys4 = [*STRATEGY_KEYS, "rebalance"]
+    ok = results[results["status"] == "ok"]
+    wide = ok.set_index([*keys4, "simulator"])["final_equity"].astype(float).unstack("simulator")
+    order = sorted(wide.columns, key=lambda s: (_fidelity(s), s))
+    wide = wide[order]
+    if BASELINE_SIMULATOR in wide.columns:
+        base = wide[BASELINE_SIMULATOR].to_numpy(dtype=float)
+        others = wide.drop(columns=[BASELINE_SIMULATOR]).to_numpy(dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.abs(others - base[:, None]) / np.abs(base)[:, None]
+        all_nan = np.all(np.isnan(rel), axis=1) if rel.shape[1] else np.ones(len(wide), bool)
+        max_rel = np.where(all_nan, np.nan,
+                           np.nanmax(np.where(np.isnan(rel), -np.inf, rel), axis=1)
+                           if rel.shape[1] else np.nan)
+    else:
+        max_rel = np.full(len(wide), np.nan)
+    wide.columns = [f"final_equity_{s}" for s in wide.columns]
+    wide["max_rel_diff"] = max_rel
+    return wide.reset_index()
