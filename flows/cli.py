@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--refresh", action="store_true", help="ignore cached results, recompute")
     run.add_argument("--result-storage", help="Prefect result storage: path or fsspec URL "
                      "(default .tournament-cache/results)")
+    run.add_argument("--shared-storage", action="store_true",
+                     help="declare a local --result-storage path as shared by all cluster nodes")
     run.add_argument("--num-cpus", type=int, help="local Ray CPUs (default: all)")
     for name, valid in (("selections", SELECTIONS), ("engines", USER_ENGINES),
                         ("profiles", PROFILES), ("rebalances", REBALANCE_MODES),
@@ -51,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("train", "test", "step", "top_k"):
         run.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int)
     run.add_argument("--max-weight", dest="max_weight", type=float)
+    cmp = sub.add_parser("compare", help="what changed between two run directories, and why")
+    cmp.add_argument("run_a")
+    cmp.add_argument("run_b")
+    cmp.add_argument("--limit", type=int, default=10, help="rows listed per section")
+    led = sub.add_parser("verify-ledger", help="check a run's hash-chained audit ledger")
+    led.add_argument("run_dir")
     return p
 
 
@@ -77,33 +85,40 @@ def cmd_run(args) -> int:
     out = args.out or f"runs/{Path(args.data).stem if os.sep in args.data else args.data.replace(':', '-')}-{config.fidelity}"
     if args.mode == "legacy":
         return _run_legacy(dataset, config, out)
-    from flows.runtime import prefect_api, quiet_library_logs
+    from flows.runtime import init_ray, local_services, prewarm_workers, quiet_library_logs
     quiet_library_logs()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     t0 = time.perf_counter()
-    with prefect_api() as url:
-        print(f"Prefect API: {url} (ready in {time.perf_counter() - t0:.1f}s)", file=sys.stderr)
+
+    def start_ray():
+        init_ray(args.ray_address, num_cpus=args.num_cpus)
+        prewarm_workers(config.simulators)
+
+    with local_services(start_ray=start_ray) as url:
+        print(f"Prefect API {url} and Ray ready in {time.perf_counter() - t0:.1f}s",
+              file=sys.stderr)
         from flows.tournament_flow import tournament
         summary = tournament(config_path=args.config, fidelity=args.fidelity, data=args.data,
                              data_kind=args.data_kind, days=args.days, out=out, ray_address=args.ray_address,
                              refresh=args.refresh, result_storage=args.result_storage,
-                             overrides=overrides, num_cpus=args.num_cpus)
+                             overrides=overrides, num_cpus=args.num_cpus,
+                             shared_storage=args.shared_storage)
     print(f"wrote {out} ({summary['status']}; cache: {summary['cache']})", file=sys.stderr)
     return EXIT_OK if summary["failed"] == 0 else EXIT_PARTIAL
 
 
 def _run_legacy(dataset, config, out: str) -> int:
-    from tournament.outputs import leaderboard, write_run
+    from tournament.outputs import finalize_run, leaderboard
     from tournament.pipeline import run_legacy
     result = run_legacy(dataset, config)
     manifest = {"mode": "legacy", "config": config.to_dict(), "config_digest": config.digest(),
-                "data": {"source": dataset.source, "fingerprint": dataset.fingerprint},
+                "data": dataset.describe(),
                 "timings": result.timings}
-    write_run(out, cube=result.cube, results=result.results, returns=result.returns,
-              manifest=manifest)
-    print(leaderboard(result.results, top=15).to_string(index=False,
-                                                        float_format=lambda x: f"{x:.3f}"))
-    failed = int((result.results["status"] == "failed").sum())
+    results = finalize_run(out, cube=result.cube, results=result.results,
+                           returns=result.returns, manifest=manifest,
+                           periods=config.annualization)
+    print(leaderboard(results, top=15).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    failed = int((results["status"] == "failed").sum())
     print(f"wrote {out} (legacy, {result.timings['legacy']:.1f}s)", file=sys.stderr)
     return EXIT_OK if failed == 0 else EXIT_PARTIAL
 
@@ -113,6 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "compare":
+            from tournament.compare import compare_runs, format_comparison
+            print(format_comparison(compare_runs(args.run_a, args.run_b), limit=args.limit))
+            return EXIT_OK
+        if args.command == "verify-ledger":
+            from tournament.ledger import LEDGER_FILE, verify_ledger
+            report = verify_ledger(Path(args.run_dir) / LEDGER_FILE)
+            print(report.summary())
+            return EXIT_OK if report.ok else EXIT_CRASH
     except TournamentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

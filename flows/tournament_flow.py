@@ -33,7 +33,8 @@ from tournament.stage2 import (merge_results, ok_strategies, simulate_benchmark,
 from tournament.windows import Window, make_windows
 
 from .progress import RunProgress
-from .runtime import init_ray, make_result_storage, quiet_library_logs
+from .runtime import (check_storage_reaches_all_nodes, init_ray, make_result_storage,
+                      prewarm_workers, quiet_library_logs)
 
 DEFAULT_RESULT_STORAGE = ".tournament-cache/results"
 
@@ -182,9 +183,10 @@ def stage2_flow(run_id: str, label: str = "") -> str:
 def tournament(config_path: str | None = None, fidelity: str | None = None, data: str = "sp500",
                data_kind: str = "prices", days: int | None = 500, out: str = "runs/latest", ray_address: str | None = None,
                refresh: bool = False, result_storage: str | None = None,
-               overrides: dict[str, Any] | None = None, num_cpus: int | None = None) -> dict:
+               overrides: dict[str, Any] | None = None, num_cpus: int | None = None,
+               shared_storage: bool = False) -> dict:
     """Run the two-stage tournament and write the run directory. Returns a summary dict."""
-    from tournament.outputs import leaderboard, write_run
+    from tournament.outputs import finalize_run, leaderboard
     from tournament.stage2 import results_frame
     import ray
 
@@ -212,7 +214,9 @@ def tournament(config_path: str | None = None, fidelity: str | None = None, data
     try:
         # 2. Ray once; the returns matrix into the object store once.
         t0 = time.perf_counter()
-        init_ray(ray_address, num_cpus=num_cpus)
+        if init_ray(ray_address, num_cpus=num_cpus):
+            prewarm_workers(config.simulators)
+        check_storage_reaches_all_nodes(str(storage_location), shared=shared_storage)
         ctx.returns_ref = ray.put(dataset.returns)
         ctx.timings["ray_start"] = time.perf_counter() - t0
         logger.info("Ray ready (%s) in %.1fs; data %s %dx%d",
@@ -242,13 +246,12 @@ def tournament(config_path: str | None = None, fidelity: str | None = None, data
         ctx.timings["outputs"] = time.perf_counter() - t0
         ctx.timings["total"] = time.perf_counter() - t_start
         manifest = {"run_id": run_id, "mode": "two-stage", "config": config.to_dict(),
-                    "config_digest": config.digest(), "data": {
-                        "source": dataset.source, "fingerprint": dataset.fingerprint,
-                        "days": dataset.n_days, "assets": dataset.n_assets,
-                        "start": str(dataset.dates[0].date()), "end": str(dataset.dates[-1].date())},
+                    "config_digest": config.digest(), "data": dataset.describe(),
                     "result_storage": str(storage_location), "timings": ctx.timings,
                     "cache": ctx.cache}
-        write_run(out_dir, cube=ctx.cube, results=results, returns=returns, manifest=manifest)
+        results = finalize_run(out_dir, cube=ctx.cube, results=results, returns=returns,
+                               manifest=manifest, key_parts=ctx.key_parts,
+                               periods=config.annualization)
         n_failed = int((results["status"] == FAILED).sum())
         status = "completed" if n_failed == 0 else "completed_with_failures"
         progress.finish(status)

@@ -20,7 +20,7 @@ def log_execution(kind: str, cache_key: str, count: int) -> None:
     if not path:
         return
     line = json.dumps({"kind": kind, "key": cache_key, "count": count, "pid": os.getpid(),
-                       "time": time.time()})
+                       "node": _ray_node_id(), "time": time.time()})
     with open(path, "a") as fh:   # O_APPEND lines < PIPE_BUF are atomic on Linux
         fh.write(line + "\n")
 
@@ -31,3 +31,11 @@ def injected_delay() -> None:
     delay = float(os.environ.get("TOURNAMENT_TASK_DELAY", "0") or 0)
     if delay > 0:
         time.sleep(delay)
+
+
+def _ray_node_id() -> str | None:
+    try:
+        import ray
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:
+        return None

@@ -50,6 +50,12 @@ class Dataset:
         """A writable copy as a DataFrame (dates x assets)."""
         return pd.DataFrame(self.returns.copy(), index=self.dates, columns=list(self.assets))
 
+    def describe(self) -> dict:
+        """What a manifest records about the data."""
+        return {"source": self.source, "fingerprint": self.fingerprint, "days": self.n_days,
+                "assets": self.n_assets, "start": str(self.dates[0].date()),
+                "end": str(self.dates[-1].date()), "benchmark": self.benchmark_name}
+
     @cached_property
     def fingerprint(self) -> str:
         """Digest of values, index, columns and dtypes (any change -> new fingerprint)."""

@@ -92,6 +92,30 @@ def returns_matrix(returns: pd.DataFrame, rows: pd.DataFrame) -> tuple[np.ndarra
     return dates, mat
 
 
+def _moments(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-column (n_obs, skew, kurtosis) exactly as tournament.stats.sharpe_ratio_moments,
+    vectorised for complete columns (the per-column function handles the others)."""
+    n_cols = mat.shape[1]
+    n_obs = np.isfinite(mat).sum(axis=0).astype(float)
+    skew = np.full(n_cols, np.nan)
+    kurt = np.full(n_cols, np.nan)
+    full = (n_obs == mat.shape[0]) & (n_obs >= 2)
+    if full.any():
+        x = mat[:, full]
+        const = np.all(x == x[0], axis=0)
+        d = x - x.mean(axis=0)
+        m2 = (d**2).mean(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sk = (d**3).mean(axis=0) / m2**1.5
+            ku = (d**4).mean(axis=0) / m2**2
+        skew[full] = np.where(const, np.nan, sk)
+        kurt[full] = np.where(const, np.nan, ku)
+    for j in np.flatnonzero(~full):
+        _, n, skew[j], kurt[j] = stats.sharpe_ratio_moments(mat[:, j])
+        n_obs[j] = n
+    return n_obs, skew, kurt
+
+
 def _pbo(mat: np.ndarray) -> float:
     """One CSCV PBO over the columns of `mat` (rows with any NaN dropped)."""
     if mat.shape[1] < 2:
@@ -137,11 +161,7 @@ def add_overfitting_columns(results: pd.DataFrame, returns: pd.DataFrame, *,
 
     # DSR inputs: per-period Sharpe of each trial, its own moments from its daily returns.
     sr = trials["sharpe"].to_numpy(dtype=float) / sqrt_p
-    n_obs = np.empty(n_trials)
-    skew = np.empty(n_trials)
-    kurt = np.empty(n_trials)
-    for j in range(n_trials):
-        _, n_obs[j], skew[j], kurt[j] = stats.sharpe_ratio_moments(mat[:, j])
+    n_obs, skew, kurt = _moments(mat)
     finite_sr = sr[np.isfinite(sr)]
     if n_trials == 1:
         variance = 0.0   # no selection: SR0 = 0 whatever the variance
@@ -171,15 +191,16 @@ def add_overfitting_columns(results: pd.DataFrame, returns: pd.DataFrame, *,
     keys4 = [*STRATEGY_KEYS, "rebalance"]
     tr = trials[[*keys4, "simulator", "sharpe"]].copy()
     tr["_fid"] = [_fidelity(s) for s in tr["simulator"]]
-    tr["_pos"] = t_idx
-    decay = np.full(n_trials, np.nan)
-    for j, (_, g) in enumerate(tr.groupby(keys4, sort=False)):
-        custom = g[g["simulator"] == BASELINE_SIMULATOR]
-        high = g.sort_values(["_fid", "simulator"]).iloc[-1]
-        if custom.empty or high["simulator"] == BASELINE_SIMULATOR:
-            continue
-        value = stats.friction_decay(high["sharpe"], custom["sharpe"].iloc[0])
-        decay[np.searchsorted(t_idx, g["_pos"].to_numpy())] = value
+    custom_sr = (tr[tr["simulator"] == BASELINE_SIMULATOR].drop_duplicates(keys4)
+                 .set_index(keys4)["sharpe"].rename("_custom"))
+    high = (tr.sort_values(["_fid", "simulator"], kind="stable").drop_duplicates(keys4, keep="last")
+            .set_index(keys4)[["simulator", "sharpe"]]
+            .rename(columns={"simulator": "_high_sim", "sharpe": "_high"}))
+    per = high.join(custom_sr, how="left")
+    per["_decay"] = [stats.friction_decay(h, c) if sim != BASELINE_SIMULATOR and np.isfinite(c)
+                     else math.nan
+                     for sim, h, c in zip(per["_high_sim"], per["_high"], per["_custom"])]
+    decay = tr[keys4].join(per["_decay"], on=keys4)["_decay"].to_numpy(dtype=float)
     out.iloc[t_idx, cols["friction_decay"]] = decay
 
     # Kendall tau of each simulator's Sharpe ranking vs custom's, per rebalance.

@@ -63,6 +63,27 @@ def write_run(out_dir: str | Path, *, cube, results: pd.DataFrame, returns: pd.D
     write_json(out / "manifest.json", {**manifest, "versions": library_versions()})
 
 
+def finalize_run(out_dir: str | Path, *, cube, results: pd.DataFrame, returns: pd.DataFrame,
+                 manifest: dict[str, Any], key_parts: dict | None = None,
+                 periods: int = 252) -> pd.DataFrame:
+    """Everything a finished run writes, in one place (flow and legacy mode alike):
+    overfitting-aware leaderboard columns, the audit ledger, the run files, cache-key parts.
+    Returns the results frame with the added columns."""
+    from .leaderboard import add_overfitting_columns
+    from .ledger import LEDGER_FILE, verify_ledger, write_ledger_for_run
+    out = Path(out_dir)
+    results = add_overfitting_columns(results, returns, periods=periods)
+    head = write_ledger_for_run(out / LEDGER_FILE, cube, results, run_id=manifest.get("run_id"))
+    report = verify_ledger(out / LEDGER_FILE, expected_head=head)
+    if not report.ok:   # intents must equal ok + failed + unsupported outcomes
+        raise RuntimeError(f"audit ledger check failed: {report.summary()}")
+    write_run(out, cube=cube, results=results, returns=returns,
+              manifest={**manifest, "ledger_head": head})
+    if key_parts is not None:
+        write_json(out / "cache_keys.json", key_parts)
+    return results
+
+
 def leaderboard(results: pd.DataFrame, top: int | None = 20) -> pd.DataFrame:
     """Ok rows by Sharpe (desc), then the rows that did not run, with their status."""
     ok = results[results["status"] == "ok"].sort_values("sharpe", ascending=False)
