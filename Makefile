@@ -20,6 +20,7 @@ run: $(STAMP)
 	$(VENV)/bin/tournament run --data sp500 --fidelity $(FIDELITY) --out $(OUT) $(ARGS)
 
 test: $(STAMP)
+	bash scripts/install_chromium.sh   # headless browser for the report test (Debian package)
 	$(PY) -m pytest -q $(ARGS)
 
 bench: $(STAMP)

@@ -22,6 +22,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
+from prefect_ray.context import remote_options
 
 from tournament.config import TournamentConfig, load_config
 from tournament.cube import FAILED, OK, UNSUPPORTED, WeightsCube
@@ -41,6 +42,8 @@ DEFAULT_RESULT_STORAGE = ".tournament-cache/results"
 # Strategies per Stage 2 task by simulator: batched simulators take a whole selection group;
 # per-strategy simulators (~1 s per backtest) get small chunks to balance the workers.
 STAGE2_CHUNK = {"custom": None, "vectorbt": None, "cvxportfolio": 4, "nautilus": 2}
+# nautilus grows ~3-27 MB per backtest even after dispose(): recycle its worker processes.
+STAGE2_MAX_CALLS = {"nautilus": 2}
 # Rough relative cost per strategy, to submit the slowest chunks first (shorter tail).
 STAGE2_COST = {"custom": 0.01, "vectorbt": 0.2, "cvxportfolio": 1.0, "nautilus": 2.0}
 
@@ -150,10 +153,12 @@ def stage2_flow(run_id: str, label: str = "") -> str:
                                  simulator=simulator, data_fingerprint=ds.fingerprint, config=cfg)
         key = cache_key(parts)
         ctx.key_parts[key] = parts
-        fut = task.submit(ctx.returns_ref, ds.dates, ctx.cube_ref, chunk, cfg,
-                          rebalance=rebalance, simulator=simulator,
-                          chunk_name=f"{rebalance}/{simulator}/{name}", cache_key=key,
-                          key_parts=parts)
+        options = {"max_calls": STAGE2_MAX_CALLS[simulator]} if simulator in STAGE2_MAX_CALLS else {}
+        with remote_options(**options):
+            fut = task.submit(ctx.returns_ref, ds.dates, ctx.cube_ref, chunk, cfg,
+                              rebalance=rebalance, simulator=simulator,
+                              chunk_name=f"{rebalance}/{simulator}/{name}", cache_key=key,
+                              key_parts=parts)
         futures[fut] = chunk
     by_pair: dict[tuple[str, str], list] = {}
     hits = 0
@@ -180,12 +185,18 @@ def stage2_flow(run_id: str, label: str = "") -> str:
 # ----------------------------------------------------------------------------- parent flow
 @flow(name="tournament", flow_run_name="tournament {fidelity} {data}", log_prints=True,
       validate_parameters=False)
-def tournament(config_path: str | None = None, fidelity: str | None = None, data: str = "sp500",
-               data_kind: str = "prices", days: int | None = 500, out: str = "runs/latest", ray_address: str | None = None,
+def tournament(config_path: str | None = None, fidelity: str | None = None,
+               data: str | None = None, data_kind: str | None = None, days: int | None = None,
+               out: str = "runs/tournament", ray_address: str | None = None,
                refresh: bool = False, result_storage: str | None = None,
                overrides: dict[str, Any] | None = None, num_cpus: int | None = None,
-               shared_storage: bool = False) -> dict:
-    """Run the two-stage tournament and write the run directory. Returns a summary dict."""
+               shared_storage: bool = False, grid_block: str | None = None,
+               data_block: str | None = None, compute_block: str | None = None) -> dict:
+    """Run the two-stage tournament and write the run directory. Returns a summary dict.
+
+    Saved Prefect blocks (grid / data source / compute) may supply any parameter; an explicit
+    parameter always wins over a block. `days=0` means the whole history.
+    """
     from tournament.outputs import finalize_run, leaderboard
     from tournament.stage2 import results_frame
     import ray
@@ -193,6 +204,18 @@ def tournament(config_path: str | None = None, fidelity: str | None = None, data
     quiet_library_logs()
     logger = get_run_logger()
     t_start = time.perf_counter()
+    if grid_block or data_block or compute_block:
+        from blocks.tournament_blocks import resolve_blocks
+        b = resolve_blocks(grid_block, data_block, compute_block)
+        fidelity = fidelity or b.get("fidelity")
+        overrides = {**b.get("overrides", {}), **(overrides or {})}
+        data, data_kind = data or b.get("data"), data_kind or b.get("data_kind")
+        days = days if days is not None else b.get("days")
+        ray_address = ray_address or b.get("ray_address")
+        result_storage = result_storage or b.get("result_storage")
+        num_cpus = num_cpus or b.get("num_cpus")
+    data, data_kind = data or "sp500", data_kind or "prices"
+    days = 500 if days is None else (days or None)
     # 1. Validate everything before any compute or any write (earlier outputs stay intact).
     config = load_config(config_path, fidelity=fidelity, **(overrides or {}))
     dataset = load_dataset(data, days=days, kind=data_kind)
@@ -255,6 +278,8 @@ def tournament(config_path: str | None = None, fidelity: str | None = None, data
         n_failed = int((results["status"] == FAILED).sum())
         status = "completed" if n_failed == 0 else "completed_with_failures"
         progress.finish(status)
+        from tasks.artifacts import publish_artifacts
+        publish_artifacts(str(out_dir))       # report.html + leaderboard table + markdown report
         board = leaderboard(results, top=15)
         print(board.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
         return {"run_id": run_id, "status": status, "out": str(out_dir),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -178,6 +179,22 @@ print("RESOLVED " + json.dumps(resolve_blocks("e2e-grid", "e2e-data", "e2e-compu
 """
 
 
+PUBLISH_SCRIPT = r"""
+import sys
+from prefect import flow
+from prefect.runtime import flow_run
+from tasks.artifacts import publish_artifacts
+
+@flow(name="publish-check")
+def publish_check(run_dir: str) -> str:
+    out = publish_artifacts(run_dir, key_prefix="E2E check")
+    assert out["report"].endswith("report.html")
+    return flow_run.id
+
+print("FLOW_RUN " + publish_check(sys.argv[1]))
+"""
+
+
 def test_deployments_end_to_end(prefect_stack, tmp_path):
     from prefect.client.schemas.objects import StateType
 
@@ -213,6 +230,11 @@ def test_deployments_end_to_end(prefect_stack, tmp_path):
         assert scheduled, "nightly deployment has no upcoming scheduled run"
         assert all(r.expected_start_time.hour == 2 and r.expected_start_time.minute == 0
                    for r in scheduled)
+        # The worker below must never pick up a (high fidelity) nightly run: pause the
+        # deployment and drop its upcoming runs.
+        client.pause_deployment(deps["nightly"].id)
+        for r in _deployment_runs(client, deps["nightly"].id, [StateType.SCHEDULED]):
+            client.delete_flow_run(r.id)
 
     # 3. Blocks: register the types, save, load by name, resolve to flow kwargs.
     _run([*PREFECT, "block", "register", "-m", "blocks.tournament_blocks"], env)
@@ -255,10 +277,24 @@ def test_deployments_end_to_end(prefect_stack, tmp_path):
         for name in ("results.parquet", "returns.parquet", "cells.parquet", "manifest.json"):
             assert (run_dir / name).is_file(), name + diagnostics()
 
-        # 5. Artifacts of that flow run (need publish_artifacts at the end of the flow).
+        # 5a. publish_artifacts itself, inside a tiny flow, on that run directory.
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+
+        def run_artifacts(flow_run_id):
+            return client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+
+        copy_dir = tmp_path / "published"
+        shutil.copytree(run_dir, copy_dir)
+        (copy_dir / "report.html").unlink(missing_ok=True)
+        out = _run([sys.executable, "-c", PUBLISH_SCRIPT, str(copy_dir)], env, cwd=tmp_path)
+        tiny_run_id = next(line for line in out.splitlines() if line.startswith("FLOW_RUN "))[9:]
+        tiny = {(a.type, a.key) for a in run_artifacts(tiny_run_id)}
+        assert {("table", "e2e-check-leaderboard"), ("markdown", "e2e-check-summary")} <= tiny, tiny
+        assert (copy_dir / "report.html").is_file()
+
+        # 5b. Artifacts of the deployment's flow run (need publish_artifacts in the flow).
+        artifacts = run_artifacts(run.id)
         kinds = {a.type: a for a in artifacts}
         print(f"\ne2e: deploy+schedule checks {t_trigger - t0:.1f}s, quick run trigger->done "
               f"{trigger_seconds:.1f}s, artifacts {sorted((a.type, a.key) for a in artifacts)}")

@@ -68,7 +68,7 @@ def _cluster_processes(temp_dir: Path) -> list:
     return list(found.values())
 
 
-def stop_cluster(temp_dir: Path, grace: float = 10.0) -> list[int]:
+def stop_cluster(temp_dir: Path, grace: float = 5.0) -> list[int]:
     """Stop exactly this cluster's processes by PID (SIGTERM, then SIGKILL). Returns PIDs."""
     import psutil
     procs = _cluster_processes(temp_dir)

@@ -90,11 +90,11 @@ def leaderboard_frame(results: pd.DataFrame, *, top: int = 10, simulator: str | 
     ok = ok.sort_values("sharpe", ascending=False, kind="stable")
     base = _is_baseline(ok)
     best = ok[~base].head(top).assign(kind="strategy")
-    best.insert(0, "rank", range(1, len(best) + 1))
+    best.insert(0, "rank", pd.array(range(1, len(best) + 1), dtype="Int64"))
     if not with_baselines:
         return best
     baselines = ok[base].assign(kind="baseline")
-    baselines.insert(0, "rank", [None] * len(baselines))
+    baselines.insert(0, "rank", pd.array([pd.NA] * len(baselines), dtype="Int64"))
     return pd.concat([best, baselines], ignore_index=True)
 
 
