@@ -253,3 +253,18 @@ def test_gaps_leave_an_asset_out_of_that_window_only(sp500):
         inside = w.train_rows.start <= 109 and w.train_rows.stop > 100
         assert (row[0] == 0) == inside
         np.testing.assert_allclose(row.sum(), 1.0)
+
+
+def test_ledoit_wolf_matches_sklearn(sp500):
+    from sklearn.covariance import LedoitWolf
+
+    from tournament.estimation import ledoit_wolf
+    for rows in (slice(0, 180), slice(200, 380)):
+        x = np.asarray(sp500.returns[rows])
+        np.testing.assert_allclose(ledoit_wolf(x), LedoitWolf().fit(x).covariance_,
+                                   rtol=1e-12, atol=1e-18)
+
+
+def test_default_toml_documents_the_built_in_defaults():
+    from tests.conftest import REPO
+    assert load_config(REPO / "configs" / "default.toml") == load_config()

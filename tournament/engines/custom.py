@@ -1,8 +1,11 @@
 """Custom engine: cvxpy problems built once per (profile, n_assets, cap) and re-solved.
 
-Covariance enters through its Cholesky factor L (a cvxpy Parameter), which keeps every
-problem DPP-compliant: cvxpy compiles it once and later solves only refill the data
-(~4x faster than rebuilding per window). Solver: Clarabel (interior point).
+The covariance enters as a PSD cvxpy Parameter in `quad_form`, so Clarabel gets a native
+quadratic objective. Measured on 180-day windows (median per solve, 1e-10 gaps):
+20 assets 0.9 ms (vs 1.0 ms for the DPP-compliant Cholesky/SOC form); 100 assets 9 ms
+(vs 36 ms), and risk parity stays `optimal` at 100 assets where the SOC form ended
+`optimal_inaccurate`. `quad_form` with a parameter matrix is not DPP, so cvxpy re-applies
+its (cheap) canonicalisation per solve; the problem objects themselves are built once.
 HRP is not a convex program: this engine declares it unsupported.
 """
 from __future__ import annotations
@@ -15,8 +18,9 @@ from .base import Engine, EngineError, EngineParams
 
 SOLVER = "CLARABEL"
 # Tighter than Clarabel's defaults (1e-8): weights then agree with skfolio and an SLSQP
-# reference to ~1e-8 instead of ~6e-5; every grid solve still ends "optimal".
-SOLVER_OPTIONS = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
+# reference to ~1e-7 instead of ~6e-5. At 1e-10 risk parity ended "optimal_inaccurate" on
+# 2 of 1840 cells of a 1000x100 grid; at 1e-9 every cell of both benchmark grids is optimal.
+SOLVER_OPTIONS = {"tol_gap_abs": 1e-9, "tol_gap_rel": 1e-9, "tol_feas": 1e-9}
 
 
 class CustomEngine(Engine):
@@ -34,14 +38,12 @@ class CustomEngine(Engine):
             self.solver_ = "closed_form"
             return np.full(n, 1.0 / n)
         sigma = covariance(train, params.covariance)
-        try:
-            chol = np.linalg.cholesky(sigma)
-        except np.linalg.LinAlgError:
-            raise EngineError("covariance is not positive definite") from None
+        if np.linalg.eigvalsh(sigma)[0] <= 0:
+            raise EngineError("covariance is not positive definite")
         problem, par, var = self._problem(profile, n, params.max_weight)
         # Scale so the objective is O(1): daily variances ~1e-4 hurt solver tolerances.
         scale = 1.0 / np.sqrt(np.mean(np.diag(sigma)))
-        par["L"].value = chol * scale
+        par["P"].value = sigma * scale ** 2
         if "mu" in par:
             excess = expected_returns(train) - params.risk_free
             if excess.max() <= 0:
@@ -73,31 +75,31 @@ class CustomEngine(Engine):
 
 
 def _min_variance(n: int, cap: float):
-    L = cp.Parameter((n, n), name="L")
+    P = cp.Parameter((n, n), PSD=True, name="P")
     w = cp.Variable(n, name="w")
     constraints = [cp.sum(w) == 1, w >= 0]
     if cap < 1:
         constraints.append(w <= cap)
-    return cp.Problem(cp.Minimize(cp.sum_squares(L.T @ w)), constraints), {"L": L}, w
+    return cp.Problem(cp.Minimize(cp.quad_form(w, P)), constraints), {"P": P}, w
 
 
 def _max_sharpe(n: int, cap: float):
     # Cornuejols-Tutuncu: min y'Sy s.t. mu'y = 1, y >= 0, y <= cap * sum(y); w = y / sum(y).
-    L = cp.Parameter((n, n), name="L")
+    P = cp.Parameter((n, n), PSD=True, name="P")
     mu = cp.Parameter(n, name="mu")
     y = cp.Variable(n, name="y")
     constraints = [mu @ y == 1, y >= 0]
     if cap < 1:
         constraints.append(y <= cap * cp.sum(y))
-    return cp.Problem(cp.Minimize(cp.sum_squares(L.T @ y)), constraints), {"L": L, "mu": mu}, y
+    return cp.Problem(cp.Minimize(cp.quad_form(y, P)), constraints), {"P": P, "mu": mu}, y
 
 
 def _risk_parity(n: int, cap: float):
     # Equal risk contributions: min 0.5 y'Sy - (1/n) sum log y, y > 0; w = y / sum(y).
-    L = cp.Parameter((n, n), name="L")
+    P = cp.Parameter((n, n), PSD=True, name="P")
     y = cp.Variable(n, name="y")
-    objective = 0.5 * cp.sum_squares(L.T @ y) - cp.sum(cp.log(y)) / n
-    return cp.Problem(cp.Minimize(objective)), {"L": L}, y
+    objective = 0.5 * cp.quad_form(y, P) - cp.sum(cp.log(y)) / n
+    return cp.Problem(cp.Minimize(objective)), {"P": P}, y
 
 
 _BUILDERS = {"min_variance": _min_variance, "max_sharpe": _max_sharpe, "risk_parity": _risk_parity}
