@@ -362,3 +362,16 @@ def test_module_does_not_import_orchestration():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_onc_effective_trials_finds_planted_groups_and_merges_duplicates():
+    rng = np.random.default_rng(1)
+    base = rng.normal(0, 0.01, (500, 4))
+    groups = [base[:, [i]] + rng.normal(0, 0.003, (500, 5)) for i in range(4)]
+    x = np.hstack(groups)
+    assert effective_number_of_trials(x, method="onc") == 4
+    # the same weights through four simulators are one trial, not four
+    dup = np.hstack([x] + [x[:, :5] * (1 + 1e-9)] * 3)
+    assert effective_number_of_trials(dup, method="onc") == 4
+    with pytest.raises(ValueError, match="unknown method"):
+        effective_number_of_trials(x, method="nope")

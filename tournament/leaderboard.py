@@ -167,7 +167,7 @@ def add_overfitting_columns(results: pd.DataFrame, returns: pd.DataFrame, *,
         variance = 0.0   # no selection: SR0 = 0 whatever the variance
     else:
         variance = float(np.var(finite_sr, ddof=1)) if finite_sr.size > 1 else math.nan
-    n_eff = stats.effective_number_of_trials(mat)
+    n_eff = stats.effective_number_of_trials(mat, method="onc")
     dsr_cols = {}
     for name, n in (("dsr", n_trials), ("dsr_effective", n_eff)):
         dsr, _ = stats.deflated_sharpe_ratio(sharpe=sr, n_obs=n_obs, skew=skew, kurtosis=kurt,

@@ -270,19 +270,70 @@ def cluster_strategies(returns, *, threshold: float = 0.5) -> np.ndarray:
     return labels
 
 
-def effective_number_of_trials(returns, *, threshold: float = 0.5) -> int:
+def effective_number_of_trials(returns, *, threshold: float = 0.5, method: str = "threshold",
+                               k_max: int = 30, seed: int = 0) -> int:
     """Number of correlation clusters among the strategies.
 
     A DSR input: near-duplicate strategies should not count as separate trials.
-    See :func:`cluster_strategies` for the method and parameters.
+
+    method="threshold": :func:`cluster_strategies` (average linkage cut at `threshold`).
+        Long-only equity strategies are all > 0.5 correlated, so this often gives 1.
+    method="onc": the number of clusters chosen as in Lopez de Prado's ONC ("A Data
+        Science Solution to the Multiple-Testing Crisis", 2019): k-means on the rows of the
+        correlation-distance matrix for k = 2..k_max, keeping the k with the highest
+        silhouette t-statistic mean(s)/std(s). It separates groups relative to each other
+        rather than against a fixed correlation level.
 
     Returns
     -------
     int
         Number of clusters (1 <= k <= S).
     """
-    labels = cluster_strategies(returns, threshold=threshold)
-    return int(np.unique(labels).size)
+    if method == "threshold":
+        labels = cluster_strategies(returns, threshold=threshold)
+        return int(np.unique(labels).size)
+    if method != "onc":
+        raise ValueError(f"unknown method {method!r}; valid: onc, threshold")
+    return int(np.unique(onc_clusters(returns, k_max=k_max, seed=seed)).size)
+
+
+def onc_clusters(returns, *, k_max: int = 30, seed: int = 0,
+                 duplicate_rho: float = 0.9999) -> np.ndarray:
+    """Cluster labels by the ONC silhouette criterion (see effective_number_of_trials).
+
+    Near-duplicates (pairwise rho >= `duplicate_rho`: the same weights through another
+    simulator or a rebalance mode that never trades differently) are merged first, since
+    they are one trial; ONC then runs on one representative per duplicate group.
+    Degenerate (constant / all-NaN) columns each form their own cluster.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_samples
+    x = np.asarray(returns, dtype=float)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"returns must be 2-D (T x S) with S >= 1, got shape {x.shape}")
+    groups = cluster_strategies(x, threshold=float(np.sqrt(0.5 * (1.0 - duplicate_rho))))
+    reps = np.array([np.flatnonzero(groups == g)[0] for g in np.unique(groups)])
+    finite = np.isfinite(x[:, reps])
+    live = reps[(finite.sum(axis=0) >= 2) & (np.nanstd(np.where(finite, x[:, reps], np.nan),
+                                                        axis=0) > 0)] if x.shape[0] else reps[:0]
+    rep_label = {g: i for i, g in enumerate(np.unique(groups))}   # default: group = cluster
+    if live.size >= 3:
+        rho = np.nan_to_num(pd.DataFrame(x[:, live]).corr().to_numpy(), nan=0.0)
+        np.fill_diagonal(rho, 1.0)
+        dist = np.sqrt(np.clip(0.5 * (1.0 - rho), 0.0, 1.0))
+        best_q, best = -np.inf, np.arange(live.size)
+        for k in range(2, min(k_max, live.size - 1) + 1):
+            km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(dist)
+            if np.unique(km.labels_).size < 2:
+                continue
+            sil = silhouette_samples(dist, km.labels_)
+            q = sil.mean() / sil.std() if sil.std() > 0 else np.inf
+            if q > best_q:
+                best_q, best = q, km.labels_
+        offset = len(rep_label)
+        for rep, lab in zip(live, best):
+            rep_label[groups[rep]] = offset + int(lab)
+    return np.array([rep_label[g] for g in groups])
 
 
 # ---------------------------------------------------------------------------

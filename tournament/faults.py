@@ -1,0 +1,82 @@
+"""Fault injection for the reliability tests. FOR TESTS ONLY: off unless TOURNAMENT_FAULTS is set.
+
+The reliability catalogue (tests/reliability) sets the environment variable
+`TOURNAMENT_FAULTS` to a semicolon-separated list of rules; the runtime forwards every
+TOURNAMENT_* variable to the Ray workers, so the rules reach the code that solves and simulates.
+
+    engine:ENGINE/PROFILE[/SELECTION[/WINDOW]]:ACTION        ACTION = raise | nan
+    simulator:SIMULATOR/SELECTION/ENGINE/PROFILE:ACTION      ACTION = raise | short
+
+    engine:custom/min_variance/momentum:raise      solve_cells raises EngineError for those cells
+    engine:skfolio/max_sharpe:nan                  the engine "returns" NaN weights (rejected)
+    engine:custom/equal_weight/all/3:nan           only window index 3 of that strategy
+    simulator:cvxportfolio/momentum/custom/min_variance:raise
+    simulator:nautilus/all/custom/equal_weight:short   the path comes back one day short
+
+`*` matches anything in a field. Unknown kinds/actions are a ValueError (a typo in a test
+must not silently inject nothing). With the variable unset both hooks return None at the cost
+of one dict lookup. Results computed under injected faults are kept apart in the cache
+(tasks.common.key_from_parameters adds the rules to the key).
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+ENV = "TOURNAMENT_FAULTS"
+ACTIONS = {"engine": ("raise", "nan"), "simulator": ("raise", "short")}
+_FIELDS = {"engine": (2, 4), "simulator": (4, 4)}   # (min, max) path fields
+
+
+@lru_cache(maxsize=8)
+def parse_faults(text: str) -> tuple[tuple[str, tuple[str, ...], str], ...]:
+    """'kind:a/b/c:action;...' -> ((kind, (a, b, c), action), ...). Cached per env value."""
+    rules = []
+    for raw in text.split(";"):
+        raw = raw.strip()
+        if not raw:
+            continue
+        try:
+            kind, path, action = (p.strip() for p in raw.split(":"))
+        except ValueError:
+            raise ValueError(f"{ENV}: rule {raw!r} is not KIND:PATH:ACTION") from None
+        if kind not in ACTIONS:
+            raise ValueError(f"{ENV}: unknown kind {kind!r} in {raw!r}; valid: engine, simulator")
+        if action not in ACTIONS[kind]:
+            raise ValueError(f"{ENV}: unknown action {action!r} for {kind} in {raw!r}; "
+                             f"valid: {', '.join(ACTIONS[kind])}")
+        fields = tuple(f.strip() for f in path.split("/"))
+        lo, hi = _FIELDS[kind]
+        if not lo <= len(fields) <= hi:
+            raise ValueError(f"{ENV}: {kind} rule {raw!r} needs {lo}-{hi} path fields")
+        rules.append((kind, fields, action))
+    return tuple(rules)
+
+
+def active_faults() -> str:
+    """The raw rule text ('' when fault injection is off)."""
+    return os.environ.get(ENV, "").strip()
+
+
+def _match(pattern: tuple[str, ...], values: tuple[str, ...]) -> bool:
+    return all(p in ("*", v) for p, v in zip(pattern, values))
+
+
+def _find(kind: str, values: tuple[str, ...]) -> str | None:
+    text = active_faults()
+    if not text:
+        return None
+    for rule_kind, fields, action in parse_faults(text):
+        if rule_kind == kind and _match(fields, values):
+            return action
+    return None
+
+
+def engine_fault(cell) -> str | None:
+    """'raise' | 'nan' | None for a Stage 1 cell (window, selection, engine, profile)."""
+    return _find("engine", (cell.engine, cell.profile, cell.selection, str(cell.window)))
+
+
+def simulator_fault(simulator: str, key) -> str | None:
+    """'raise' | 'short' | None for one strategy key (selection, engine, profile)."""
+    return _find("simulator", (simulator, *map(str, key)))
