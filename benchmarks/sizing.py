@@ -67,6 +67,11 @@ def one_case(days: int, assets: int) -> dict:
     results, _ = results_frame(sims, cube, ds, cfg)
     t_stage2 = time.perf_counter() - t0
 
+    # Stage 1 tasks are chunks of cells by (selection, engine) (flows.tournament_flow):
+    # the largest chunk bounds the wall time however many cores there are.
+    solve = cube.cells.groupby(["selection", "engine"])["solve_seconds"].sum()
+    chunk_s = {f"{sel}/{eng}": round(float(v / solve.sum() * t_stage1), 3)
+               for (sel, eng), v in solve.items()}
     n_ok = len(ok_strategies(cube))
     n_sims = n_ok * len(simulation_pairs(cfg))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
@@ -77,7 +82,8 @@ def one_case(days: int, assets: int) -> dict:
             "peak_rss_mb": round(peak_mb, 1),
             "s_per_cell": t_stage1 / len(cells),
             "s_per_simulation": t_stage2 / max(n_sims, 1),
-            "failed_rows": failed}
+            "failed_rows": failed, "stage1_chunk_s": chunk_s,
+            "max_chunk_s": max(chunk_s.values())}
 
 
 def run_case(case: str, timeout: float) -> dict:
@@ -99,7 +105,9 @@ def run_case(case: str, timeout: float) -> dict:
 
 
 def projection(rows: list[dict], nodes: list[int], cores: list[int]) -> list[dict]:
-    """wall ~= (stage1 + stage2 CPU seconds) / (K*C) + fixed + per-task overhead / (K*C)."""
+    """ideal wall ~= (stage1 + stage2 CPU s + per-task overhead) / (K*C) + fixed overhead;
+    chunked wall = max(ideal, largest Stage 1 chunk + fixed): today's chunks are per
+    (selection, engine), so one chunk runs on one core."""
     out = []
     for row in rows:
         if "error" in row:
@@ -110,21 +118,25 @@ def projection(rows: list[dict], nodes: list[int], cores: list[int]) -> list[dic
             for c in cores:
                 workers = k * c
                 wall = (cpu + tasks * OVERHEAD_PER_TASK_S) / workers + OVERHEAD_FIXED_S
+                chunked = max(wall, row.get("max_chunk_s", 0) + OVERHEAD_FIXED_S)
                 out.append({"days": row["days"], "assets": row["assets"], "cells": row["cells"],
                             "nodes": k, "cores": c, "workers": workers,
-                            "serial_s": round(cpu, 1), "projected_wall_s": round(wall, 1)})
+                            "serial_s": round(cpu, 1), "projected_wall_s": round(wall, 1),
+                            "projected_wall_chunked_s": round(chunked, 1),
+                            "memory_per_node_gb": round(c * row["peak_rss_mb"] / 1024, 1)})
     return out
 
 
 def scaled(row: dict, factor_cells: float) -> dict:
-    """The same data size with `factor_cells` times the cells (e.g. more engines/profiles)."""
+    """The same data size with `factor_cells` times the cells, added as more (selection,
+    engine) chunks of today's size (e.g. more engines): the largest chunk is unchanged."""
     return {**row, "cells": int(row["cells"] * factor_cells),
             "stage1_s": row["stage1_s"] * factor_cells, "stage2_s": row["stage2_s"] * factor_cells}
 
 
 def print_table(rows: list[dict]) -> None:
     head = f"{'days':>5} {'assets':>6} {'cells':>6} {'stage1 s':>9} {'stage2 s':>9} " \
-           f"{'peak RSS MB':>11} {'s/cell':>8}"
+           f"{'peak RSS MB':>11} {'s/cell':>8} {'max chunk s':>11}"
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -132,7 +144,8 @@ def print_table(rows: list[dict]) -> None:
             print(f"{r['days']:>5} {r['assets']:>6}  error: {r['error'].splitlines()[-1][:80]}")
             continue
         print(f"{r['days']:>5} {r['assets']:>6} {r['cells']:>6} {r['stage1_s']:>9.1f} "
-              f"{r['stage2_s']:>9.2f} {r['peak_rss_mb']:>11.0f} {r['s_per_cell']:>8.4f}")
+              f"{r['stage2_s']:>9.2f} {r['peak_rss_mb']:>11.0f} {r['s_per_cell']:>8.4f} "
+              f"{r['max_chunk_s']:>11.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,11 +185,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nProjection for {big['days']} days x {big['assets']} assets "
               f"(wall ~= serial / (K*C) + {OVERHEAD_FIXED_S:.0f} s fixed + "
               f"{OVERHEAD_PER_TASK_S} s per task of ~{CELLS_PER_TASK} cells):")
-        print(f"{'cells':>7} {'K nodes':>7} {'C cores':>7} {'serial s':>9} {'wall s':>8}")
+        print("ideal = perfect balance over K*C workers; chunked = with today's Stage 1 "
+              "chunks (one per selection x engine; the largest runs on one core); "
+              "mem/node = C x peak RSS")
+        print(f"{'cells':>7} {'K nodes':>7} {'C cores':>7} {'serial s':>9} {'ideal s':>8} "
+              f"{'chunked s':>9} {'mem/node GB':>11}")
         for factor in (1, 10):
             for r in projection([scaled(big, factor)], nodes, cores):
                 print(f"{r['cells']:>7} {r['nodes']:>7} {r['cores']:>7} {r['serial_s']:>9.0f} "
-                      f"{r['projected_wall_s']:>8.1f}")
+                      f"{r['projected_wall_s']:>8.1f} {r['projected_wall_chunked_s']:>9.1f} "
+                      f"{r['memory_per_node_gb']:>11.1f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({

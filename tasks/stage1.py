@@ -9,10 +9,10 @@ from tournament.cube import Cell, CellResult
 from tournament.stage1 import solve_cells
 from tournament.windows import Window
 
-from .common import injected_delay, key_from_parameters, log_execution
+from .common import injected_delay, locked_policy, log_execution
 
 
-@task(cache_key_fn=key_from_parameters, persist_result=True, retries=2, retry_delay_seconds=1,
+@task(cache_policy=locked_policy(), persist_result=True, retries=2, retry_delay_seconds=1,
       task_run_name="stage1 {chunk_name}")
 def solve_chunk(returns: np.ndarray, windows: list[Window], cells: list[Cell],
                 config: TournamentConfig, *, chunk_name: str, cache_key: str,

@@ -9,10 +9,10 @@ from tournament.config import TournamentConfig
 from tournament.cube import WeightsCube
 from tournament.stage2 import simulate_pair
 
-from .common import injected_delay, key_from_parameters, log_execution
+from .common import injected_delay, locked_policy, log_execution
 
 
-@task(cache_key_fn=key_from_parameters, persist_result=True, retries=2, retry_delay_seconds=1,
+@task(cache_policy=locked_policy(), persist_result=True, retries=2, retry_delay_seconds=1,
       task_run_name="stage2 {chunk_name}")
 def simulate_chunk(returns: np.ndarray, dates: pd.DatetimeIndex, cube: WeightsCube,
                    keys: list[tuple[str, str, str]], config: TournamentConfig, *,

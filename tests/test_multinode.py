@@ -87,6 +87,14 @@ def stop_cluster(temp_dir: Path, grace: float = 5.0) -> list[int]:
     return [p.pid for p in procs]
 
 
+def _running(pid: int) -> bool:
+    import psutil
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _ray_start(args: list[str], env: dict[str, str], log: Path) -> None:
     with open(log, "a") as fh:
         proc = subprocess.run([RAY, "start", *args], env=env, stdout=fh, stderr=subprocess.STDOUT,
@@ -96,7 +104,6 @@ def _ray_start(args: list[str], env: dict[str, str], log: Path) -> None:
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    import psutil
     temp_dir = Path(f"/tmp/rt-{secrets.token_hex(4)}")     # short: socket paths < 108 chars
     port = free_port()
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
@@ -116,9 +123,7 @@ def ray_cluster(tmp_path_factory):
         yield Cluster(f"127.0.0.1:{port}", temp_dir, auth)
     finally:
         pids = stop_cluster(temp_dir)
-        assert pids, "no cluster processes were found to stop"
-        leftover = [p for p in pids if psutil.pid_exists(p)
-                    and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        leftover = [p for p in pids if _running(p)]
         assert not leftover, f"cluster processes still alive: {leftover}"
         assert not _cluster_processes(temp_dir), "cluster processes still alive"
         shutil.rmtree(temp_dir, ignore_errors=True)

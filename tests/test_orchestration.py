@@ -109,7 +109,9 @@ def test_two_stage_equals_legacy(ray_session, tmp_path, sp500):
     run_flow(tmp_path, "two", storage=tmp_path / "cache")
     two = read_results(tmp_path / "two").drop(columns="sim_seconds")
     legacy = run_legacy(sp500, load_config(fidelity="low", **SMALL)).results.drop(columns="sim_seconds")
-    pd.testing.assert_frame_equal(two, legacy, check_exact=False, rtol=1e-12, atol=1e-15)
+    # the run directory also carries the leaderboard's overfitting columns; compare the rest
+    pd.testing.assert_frame_equal(two[legacy.columns], legacy, check_exact=False, rtol=1e-12,
+                                  atol=1e-15)
 
 
 def test_cache_keys_never_hash_arrays_through_inputs():

@@ -14,7 +14,8 @@ import numpy as np
 from .config import TournamentConfig
 from .cube import FAILED, OK, UNSUPPORTED, Cell, CellResult, WeightsCube
 from .data import Dataset
-from .engines.base import EngineParams, check_weights
+from .engines.base import EngineError, EngineParams, check_weights
+from .faults import engine_fault
 from .registry import get_engine
 from .selection import select
 from .windows import Window, make_windows
@@ -65,8 +66,11 @@ def solve_cells(returns: np.ndarray, windows: list[Window], cells: Iterable[Cell
             if not mask.any():
                 raise RuntimeError("selection left no eligible assets")
             engine.solver_ = ""
-            raw = engine.weights(np.ascontiguousarray(train[:, mask]), profile=cell.profile,
-                                 params=params)
+            fault = engine_fault(cell)            # tests only (tournament.faults); None normally
+            if fault == "raise":
+                raise EngineError("injected solver failure")
+            raw = np.full(int(mask.sum()), np.nan) if fault == "nan" else engine.weights(
+                np.ascontiguousarray(train[:, mask]), profile=cell.profile, params=params)
             w_sel = check_weights(raw, n=int(mask.sum()), max_weight=params.max_weight)
             weights = np.zeros(n_assets)
             weights[mask] = w_sel

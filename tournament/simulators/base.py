@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..cube import FAILED, OK
+from ..faults import simulator_fault
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,12 @@ class Simulator:
         for s in range(S):
             t0 = time.perf_counter()
             try:
+                fault = simulator_fault(self.name, orders.keys[s])   # tests only; None normally
+                if fault == "raise":
+                    raise RuntimeError("injected simulator failure")
                 path = self.simulate_one(returns, orders, s, assets)
+                if fault == "short":
+                    path = StrategyPath(path.net_returns[:-1], path.turnover[:-1], path.costs[:-1])
                 _check_path(path, H)
                 out.net_returns[s], out.turnover[s], out.costs[s] = (
                     path.net_returns, path.turnover, path.costs)

@@ -1,0 +1,72 @@
+"""Fault catalogue #8: trust boundary. The services a run starts listen on loopback only;
+no secret values in prefect.yaml; a ComputeBlock credential never reaches logs or repr."""
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+
+
+def _exposed(sockets):
+    return [s for s in sockets if not ipaddress.ip_address(s[0]).is_loopback]
+
+
+def _is_prefect_server(sock) -> bool:
+    return "uvicorn" in sock[3] or "prefect.server" in sock[3] or "prefect" in sock[3].split(" -c ")[0] and "flows.cli" not in sock[3]
+
+
+def test_cli_prefect_server_listens_on_loopback_only(clean_run):
+    server = [s for s in clean_run.sockets if _is_prefect_server(s)]
+    assert server, f"the run's own Prefect server was not seen listening: {clean_run.sockets}"
+    assert _exposed(server) == [], f"Prefect server reachable from outside: {_exposed(server)}"
+
+
+@pytest.mark.xfail(strict=True, reason="KNOWN (reported): Ray 2.60 binds its gRPC servers "
+                   "(gcs_server, raylet, core workers, agents) to 0.0.0.0/:: and the runtime-env "
+                   "agent to the host address even with _node_ip_address=127.0.0.1. "
+                   "Remove this mark once flows.runtime.init_ray restricts them.")
+def test_ray_listens_on_loopback_only(clean_run):
+    ray_socks = [s for s in clean_run.sockets if not _is_prefect_server(s)]
+    assert any("gcs_server" in s[2] or "raylet" in s[2] for s in ray_socks), ray_socks
+    assert _exposed(ray_socks) == [], f"Ray reachable from outside this host: {_exposed(ray_socks)}"
+
+
+SECRET_KEY = re.compile(r"(secret|password|passwd|token|api[_-]?key|aws_secret|access[_-]?key"
+                        r"|credentials?)\s*[:=]\s*(\S+)", re.I)
+
+
+def test_prefect_yaml_holds_no_literal_secrets():
+    text = (REPO / "prefect.yaml").read_text()
+    hits = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        code = line.split("#", 1)[0]
+        for m in SECRET_KEY.finditer(code):
+            value = m.group(2).strip("\"'")
+            # Allowed: empty/null, or a reference resolved at run time ({{ ... }}, $VAR).
+            if value and value.lower() not in ("null", "~", "none") and not value.startswith(("{{", "$")):
+                hits.append((lineno, line.strip()))
+    assert hits == [], f"literal secret-looking values in prefect.yaml: {hits}"
+
+
+def test_compute_block_secret_never_in_repr_or_flow_kwargs(caplog):
+    import logging
+
+    from blocks.tournament_blocks import ComputeBlock
+    secret = "s3cr3t-VALUE-for-reliability-test"
+    block = ComputeBlock(num_cpus=2, result_storage="/tmp/x", storage_credentials=secret)
+    kwargs = block.to_flow_kwargs()
+    logger = logging.getLogger("prefect.flow_runs")
+    with caplog.at_level(logging.INFO):
+        logger.info("block %r kwargs %s", block, kwargs)
+        logger.info("block %s", block)
+    texts = [repr(block), str(block), repr(kwargs), str(block.model_dump()), caplog.text,
+             block.model_dump_json()]
+    for t in texts:
+        assert secret not in t
+    assert "storage_credentials" not in kwargs
+    assert block.credentials() == secret          # still usable by code that needs it
