@@ -83,8 +83,14 @@ def cmd_run(args) -> int:
     dataset = load_dataset(args.data, days=args.days, kind=args.data_kind)
     validate_for_config(dataset, config)
     out = args.out or f"runs/{Path(args.data).stem if os.sep in args.data else args.data.replace(':', '-')}-{config.fidelity}"
-    if args.mode == "legacy":
-        return _run_legacy(dataset, config, out)
+    from flows.locking import run_dir_lock
+    with run_dir_lock(out):       # one run at a time per output directory
+        if args.mode == "legacy":
+            return _run_legacy(dataset, config, out)
+        return _run_two_stage(args, config, overrides, out)
+
+
+def _run_two_stage(args, config, overrides: dict, out: str) -> int:
     from flows.runtime import init_ray, local_services, prewarm_workers, quiet_library_logs
     quiet_library_logs()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -74,9 +74,13 @@ def local_services(*, start_ray=None):
         if server.api_url != url:
             raise RuntimeError(f"Prefect server moved from {url} to {server.api_url}")
         with temporary_settings({PREFECT_API_URL: url}):
-            yield url
+            try:
+                yield url
+            finally:
+                # Flush logs/events while the server is up and still configured (outside
+                # these settings Prefect would start a throwaway ephemeral server to do it).
+                drain_prefect_workers()
     finally:
-        drain_prefect_workers()   # flush logs/events while the server is still up
         os.environ.pop("PREFECT_API_URL", None)
         stopping = threading.Thread(target=server.stop, daemon=True)
         stopping.start()

@@ -33,6 +33,7 @@ from tournament.stage2 import (merge_results, ok_strategies, simulate_benchmark,
                                simulation_pairs)
 from tournament.windows import Window, make_windows
 
+from .locking import run_dir_lock
 from .progress import RunProgress
 from .runtime import (check_storage_reaches_all_nodes, init_ray, make_result_storage,
                       prewarm_workers, quiet_library_logs)
@@ -258,14 +259,20 @@ def tournament(config_path: str | None = None, fidelity: str | None = None,
     validate_for_config(dataset, config)
     windows = make_windows(dataset.n_days, config.windows)
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir_lock(out_dir)      # one writer per run directory (re-entrant with the CLI's)
+    lock.__enter__()
     storage_location = result_storage or DEFAULT_RESULT_STORAGE
     run_id = uuid.uuid4().hex[:12]
     progress = RunProgress(out_dir, run_id, {
         "config_digest": config.digest(), "data_fingerprint": dataset.fingerprint,
         "result_storage": str(storage_location), "out_dir": str(out_dir.resolve())})
-    ctx = RunContext(run_id, dataset, config, windows, make_result_storage(storage_location),
-                     str(storage_location), refresh, progress)
+    try:
+        storage = make_result_storage(storage_location)
+    except BaseException:
+        lock.__exit__(None, None, None)
+        raise
+    ctx = RunContext(run_id, dataset, config, windows, storage, str(storage_location), refresh,
+                     progress)
     n_cells = len(plan_cells(config, windows))
     progress.stages["stage1"].total = n_cells
     progress.start()
@@ -325,3 +332,4 @@ def tournament(config_path: str | None = None, fidelity: str | None = None,
         raise
     finally:
         _RUNS.pop(run_id, None)
+        lock.__exit__(None, None, None)

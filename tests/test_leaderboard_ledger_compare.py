@@ -159,15 +159,16 @@ def test_friction_decay_nan_when_only_custom_and_fast_on_real_run(quick_run):
     assert out.loc[out["status"] != "ok", "dsr"].isna().all()
 
 
-def test_overfitting_columns_fast_for_200_strategies():
-    import time
+def test_overfitting_columns_on_200_strategies():
+    # (speed lives in benchmarks, not here; this checks the columns at a realistic size)
     rng = np.random.default_rng(4)
     series = {(f"s{i}", "custom", "p", "window", sim): rng.normal(0.0003, 0.01, 500)
               for i in range(100) for sim in ("custom", "vectorbt")}
     results, returns = make_frames(series)
-    t0 = time.perf_counter()
-    add_overfitting_columns(results, returns)
-    assert time.perf_counter() - t0 < 2.0   # ~0.5 s here; slack for loaded CI machines
+    out = add_overfitting_columns(results, returns)
+    assert (out["n_trials"] == 200).all()
+    assert out["n_effective_trials"].between(1, 200).all()
+    assert out["pbo"].between(0, 1).all() and out["dsr"].between(0, 1).all()
 
 
 # ----------------------------------------------------------------------------- real runs

@@ -233,13 +233,13 @@ def validate_frame(frame: pd.DataFrame, *, source: str, kind: str) -> None:
         if bad.any():
             r, c = map(int, np.argwhere(bad)[0])
             raise DataError(f"{src}: column {cols[c]!r} date {idx[r].date()}: "
-                            f"non-positive price {values[r, c]!r}")
+                            f"non-positive price {float(values[r, c])!r}")
     else:
         bad = ~np.isnan(values) & (values <= -1)
         if bad.any():
             r, c = map(int, np.argwhere(bad)[0])
             raise DataError(f"{src}: column {cols[c]!r} date {idx[r].date()}: "
-                            f"return {values[r, c]!r} <= -100%")
+                            f"return {float(values[r, c])!r} <= -100%")
 
 
 def validate_for_config(ds: Dataset, config) -> None:

@@ -116,8 +116,6 @@ def test_bad_input_catalogue_exit_2_one_clear_line_and_earlier_outputs_untouched
     assert not (tmp_path / "cache").exists(), "a refused run created result storage"
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN (reported): tournament.data.validate_frame formats "
-                   "the bad value with repr() of a numpy scalar -> 'np.float64(0.0)'")
 @pytest.mark.parametrize("kind,value,text", [("prices", 0.0, "non-positive price 0.0"),
                                              ("returns", -1.5, "return -1.5 <= -100%")])
 def test_bad_values_are_printed_as_plain_numbers(kind, value, text):

@@ -28,7 +28,7 @@ def _run_dir_lock_wired() -> bool:
 
 def test_two_runs_on_one_storage_compute_each_chunk_once_and_a_third_is_cached(
         prefect_server, clean_run, tmp_path):
-    env = {"TOURNAMENT_TASK_DELAY": "1"}
+    env = {"TOURNAMENT_TASK_DELAY": "0.7"}
     a = Run(tmp_path, "a", storage="shared", api_url=prefect_server, env=env)
     b = Run(tmp_path, "b", storage="shared", api_url=prefect_server, env=env)
     try:

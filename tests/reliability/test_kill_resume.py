@@ -39,7 +39,7 @@ def test_sigkill_at_three_points_then_rerun_matches_and_recomputes_nothing_store
     states = []
     for n, (point, predicate, settle) in enumerate(KILL_POINTS):
         run = Run(tmp_path, "killed", api_url=prefect_server, tag=f"kill{n}",
-                  env={"TOURNAMENT_TASK_DELAY": "2"})
+                  env={"TOURNAMENT_TASK_DELAY": "1.5"})
         try:
             run.wait_state(predicate, timeout=180)
             time.sleep(settle)
@@ -88,7 +88,7 @@ def test_ray_worker_sigkilled_mid_task_run_completes_with_clean_results(
         prefect_server, clean_run, tmp_path):
     import psutil
     run = Run(tmp_path, "worker-kill", api_url=prefect_server,
-              env={"TOURNAMENT_TASK_DELAY": "3"})
+              env={"TOURNAMENT_TASK_DELAY": "2"})
     victim = None
     try:
         run.wait_state(lambda s: stage(s, "stage1")[1] > 0, timeout=180)
@@ -112,4 +112,4 @@ def test_ray_worker_sigkilled_mid_task_run_completes_with_clean_results(
     assert rc == 0, run.output()[-3000:]
     assert run.state()["status"] == "completed"
     assert_same_results(run, clean_run)
-    assert {e["key"] for e in run.executions("stage1")}.__len__() == 5
+    assert len({e["key"] for e in run.executions("stage1")}) == 5
