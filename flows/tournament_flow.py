@@ -142,14 +142,15 @@ def stage1_flow(run_id: str, label: str = "") -> str:
     results, hits = [], 0
     for fut in as_completed(futures):
         out = fut.result()
-        hits += _is_cached(fut)
+        cached = _is_cached(fut)          # one API read per task
+        hits += cached
         chunk_results = out["results"]
         results.extend(chunk_results)
         ctx.progress.record("stage1",
                             done=sum(r.status == OK for r in chunk_results),
                             failed=sum(r.status == FAILED for r in chunk_results),
                             unsupported=sum(r.status == UNSUPPORTED for r in chunk_results),
-                            cached=len(chunk_results) if _is_cached(fut) else 0)
+                            cached=len(chunk_results) if cached else 0)
     ctx.cache["stage1"] = {"tasks": len(futures), "cached": hits}
     ctx.cube = assemble_cube(ds, ctx.windows, results)
     return f"{len(results)} cells"
