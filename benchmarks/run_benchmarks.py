@@ -45,7 +45,7 @@ GRIDS = {
                  "profiles": "equal_weight,min_variance,max_sharpe,risk_parity,hrp",
                  "rebalances": "window,daily,tolerance", "swap": ("low_vol", "cluster")},
     # Sized so the legacy loop takes >= 5 minutes at medium fidelity on 2 cores.
-    "large": {"data": "synthetic:1000x100", "days": 1000,
+    "large": {"data": "synthetic:1250x200", "days": 1250,
               "selections": "all,momentum,low_vol", "engines": "custom,skfolio,cvxportfolio",
               "profiles": "equal_weight,min_variance,max_sharpe,risk_parity,hrp",
               "rebalances": "window,daily,tolerance", "swap": ("low_vol", "cluster"), "top_k": 20},
