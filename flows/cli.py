@@ -98,7 +98,7 @@ def _run_two_stage(args, config, overrides: dict, out: str) -> int:
 
     def start_ray():
         init_ray(args.ray_address, num_cpus=args.num_cpus)
-        prewarm_workers(config.simulators)
+        prewarm_workers(config.simulators, config.engines)
 
     with local_services(start_ray=start_ray) as url:
         print(f"Prefect API {url} and Ray ready in {time.perf_counter() - t0:.1f}s",

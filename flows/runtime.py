@@ -152,26 +152,44 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     return True
 
 
-def prewarm_workers(simulators=()) -> list:
-    """Import Prefect, the task modules and the run's simulators in every Ray worker now, so
-    the first real tasks do not pay for it (returns refs; nobody needs to wait on them)."""
+def prewarm_workers(simulators=(), engines=()) -> list:
+    """Warm every Ray worker now: import Prefect, the task modules, the run's engines and
+    simulators, and load vectorbt's numba cache with a one-day simulation. On the CLI path
+    this overlaps the Prefect server's boot, so the first real tasks do not pay ~1-3 s each
+    for it (returns refs; nobody needs to wait on them)."""
     import ray
 
+    from tournament.registry import module_of
+
     @ray.remote(num_cpus=1)
-    def warm(modules):
+    def warm(modules, vectorbt: bool):
         import importlib
         import time
         for name in modules:
             importlib.import_module(name)
+        if vectorbt:
+            _touch_vectorbt()
         time.sleep(0.2)     # hold the worker briefly so each CPU gets one warm-up task
         return os.getpid()
 
     modules = ["prefect", "prefect.task_engine", "tasks.stage1", "tasks.stage2"]
-    modules += [f"tournament.simulators.{m}" for m in
-                {"vectorbt": "vectorbt_sim", "cvxportfolio": "cvxportfolio_sim",
-                 "nautilus": "nautilus_sim"}.values() if any(m.startswith(s) for s in simulators)]
+    modules += [module_of("engine", e) for e in engines]
+    modules += [module_of("simulator", s) for s in simulators]
     n = int(ray.cluster_resources().get("CPU", 1))
-    return [warm.remote(modules) for _ in range(n)]
+    return [warm.remote(modules, "vectorbt" in simulators) for _ in range(n)]
+
+
+def _touch_vectorbt() -> None:
+    """A tiny vectorbt simulation: loads its numba functions from the on-disk cache."""
+    import numpy as np
+
+    from tournament.simulators.orders import orders_from_schedule
+    from tournament.simulators.vectorbt_sim import VectorbtSimulator
+    import pandas as pd
+    returns = np.zeros((3, 2))
+    orders = orders_from_schedule(np.full((1, 1, 2), 0.5), np.array([0]), 2, keys=[("w", "w", "w")],
+                                  returns=returns, rebalance="window", cost_rate=0.0)
+    VectorbtSimulator().simulate(returns, pd.bdate_range("2020-01-01", periods=3), orders)
 
 
 def make_result_storage(location: str | os.PathLike):

@@ -284,7 +284,7 @@ def tournament(config_path: str | None = None, fidelity: str | None = None,
         # 2. Ray once; the returns matrix into the object store once.
         t0 = time.perf_counter()
         if init_ray(ray_address, num_cpus=num_cpus):
-            prewarm_workers(config.simulators)
+            prewarm_workers(config.simulators, config.engines)
         check_storage_reaches_all_nodes(str(storage_location), shared=shared_storage)
         ctx.returns_ref = ray.put(dataset.returns)
         ctx.timings["ray_start"] = time.perf_counter() - t0
