@@ -72,12 +72,18 @@ def stop_process_tree(proc: subprocess.Popen, grace: float = 5.0) -> None:
         family = parent.children(recursive=True) + [parent]
     except psutil.NoSuchProcess:
         return
-    for p in family:
+    terminate_all(family, grace)
+
+
+def terminate_all(procs, grace: float = 5.0) -> None:
+    """SIGTERM these psutil processes, SIGKILL whatever is left after `grace` seconds."""
+    import psutil
+    for p in procs:
         try:
             p.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(family, timeout=grace)
+    _, alive = psutil.wait_procs(procs, timeout=grace)
     for p in alive:
         try:
             p.kill()

@@ -70,20 +70,9 @@ def _cluster_processes(temp_dir: Path) -> list:
 
 def stop_cluster(temp_dir: Path, grace: float = 5.0) -> list[int]:
     """Stop exactly this cluster's processes by PID (SIGTERM, then SIGKILL). Returns PIDs."""
-    import psutil
+    from tests.conftest import terminate_all
     procs = _cluster_processes(temp_dir)
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=grace)
+    terminate_all(procs, grace)
     return [p.pid for p in procs]
 
 
