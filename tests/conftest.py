@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -73,6 +74,24 @@ def stop_process_tree(proc: subprocess.Popen, grace: float = 5.0) -> None:
     except psutil.NoSuchProcess:
         return
     terminate_all(family, grace)
+
+
+def sigkill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a driver and every process it started (its Ray raylet, workers), by PID.
+    Processes that are not its descendants (e.g. an external cluster's raylets) stay up."""
+    import psutil
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for p in family:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=10)
 
 
 def terminate_all(procs, grace: float = 5.0) -> None:

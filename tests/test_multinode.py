@@ -17,7 +17,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import free_port, stop_process_tree
+from tests.conftest import free_port, sigkill_tree, stop_process_tree
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -161,21 +160,6 @@ def _wait_state(path: Path, predicate, proc: subprocess.Popen, timeout: float = 
     raise TimeoutError(f"state never matched: {path}")
 
 
-def _kill_driver(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver and its own children only (the cluster's raylets and workers are
-    not its descendants and stay up)."""
-    import psutil
-    family = psutil.Process(proc.pid).children(recursive=True)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    for p in family:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(family, timeout=10)
-
-
 @pytest.fixture(scope="module")
 def cluster_run(ray_cluster, prefect_server, tmp_path_factory):
     """One clean run of the grid on the two-node cluster."""
@@ -224,7 +208,7 @@ def test_sigkilled_driver_resumes_on_the_cluster_from_shared_storage(
                     - s["stages"]["stage1"]["pending"] < s["stages"]["stage1"]["total"], proc)
     finally:
         if proc.poll() is None:
-            _kill_driver(proc)
+            sigkill_tree(proc)
     killed = json.loads(state_file.read_text())
     assert killed["status"] == "running"                   # it really died mid-stage-1
     assert not (tmp_path / "resumed" / "results.parquet").exists()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, stop_process_tree
+from tests.conftest import REPO, sigkill_tree, stop_process_tree
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
@@ -158,20 +157,6 @@ def _wait_state(path: Path, predicate, timeout=240) -> dict:
     raise TimeoutError(f"state never matched: {path}")
 
 
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver and every process it started (Ray raylet, workers), by PID."""
-    import psutil
-    family = psutil.Process(proc.pid).children(recursive=True)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    for p in family:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(family, timeout=10)
-
-
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
 def test_sigkill_mid_stage_then_rerun_matches_clean_run(prefect_server, tmp_path, stage):
     state_file = tmp_path / "killed" / "tournament_state.json"
@@ -180,7 +165,7 @@ def test_sigkill_mid_stage_then_rerun_matches_clean_run(prefect_server, tmp_path
         _wait_state(state_file, lambda s: 0 < s["stages"][stage]["total"] - s["stages"][stage]["pending"]
                     < s["stages"][stage]["total"])
     finally:
-        _kill_tree(proc)
+        sigkill_tree(proc)
     killed_state = json.loads(state_file.read_text())
     assert killed_state["status"] == "running"        # it really died mid-run
     assert not (tmp_path / "killed" / "results.parquet").exists()

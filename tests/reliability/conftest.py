@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -14,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, stop_process_tree
+from tests.conftest import REPO, sigkill_tree, stop_process_tree
 
 # 4 windows x (all, momentum) x (custom, skfolio) x (equal_weight, min_variance) + baseline:
 # 5 Stage 1 chunks; 2 rebalance modes x 2 selection groups = 4 Stage 2 chunks.
@@ -86,19 +85,7 @@ class Run:
 
     def kill_tree(self) -> None:
         """SIGKILL the driver and every process it started (Ray, workers), by PID."""
-        import psutil
-        try:
-            family = psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            family = []
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        for p in family:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(family, timeout=10)
+        sigkill_tree(self.proc)
         self._fh.close()
         self.seconds = time.monotonic() - self.t0
 
