@@ -8,7 +8,7 @@ OUT ?= runs/quickstart
 FIDELITY ?= medium
 ARGS ?=
 
-.PHONY: run test bench clean
+.PHONY: run test bench bench-grid clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,10 @@ test: $(STAMP)
 	bash scripts/install_chromium.sh   # headless browser for the report test (Debian package)
 	$(PY) -m pytest -q $(ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP)   # fixed cost: services up vs temporary, warm/cold, legacy ratios (~15 min)
+	$(PY) benchmarks/fixed_cost.py $(ARGS)
+
+bench-grid: $(STAMP)   # grids x tiers: legacy vs two-stage vs compute floor (~45 min)
 	$(PY) benchmarks/run_benchmarks.py $(ARGS)
 
 clean:

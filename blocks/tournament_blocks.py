@@ -1,53 +1,70 @@
-"""Prefect Blocks holding reusable tournament settings, saved once and loaded by name.
+"""Prefect Blocks holding reusable tournament settings, saved once and picked in the UI.
 
     prefect block register -m blocks.tournament_blocks
     TournamentGridBlock(engines=["custom"], fidelity="low").save("quick-grid", overwrite=True)
-    resolve_blocks("quick-grid", None, None)
-      -> {"fidelity": "low", "overrides": {"engines": ["custom"]}}
 
-Each block returns the plain kwargs the `tournament` flow takes: the grid block gives the flat
-TournamentConfig overrides (`to_overrides()`), the data block `data`/`days`/`data_kind`, the
-compute block `ray_address`/`result_storage`/`num_cpus`. Fields left as None are "not set", so
-the config file / flow defaults apply. Credentials (`ComputeBlock.storage_credentials`) are a
-SecretStr: masked in the UI, logs and repr, and never part of the flow kwargs.
+The `tournament` flow takes them as block-typed parameters (`grid`, `data_source`,
+`compute`): the Prefect UI's run form offers a picker of the saved blocks of each type, and
+the API passes the pick as a reference (`{"$ref": {"block_document_id": ...}}`, or
+`{"$ref": {"block_document_slug": "tournament-grid/quick-grid"}}` from the CLI) that the flow
+loads. Each block gives the plain kwargs the flow uses: the grid block the flat
+TournamentConfig overrides (`to_overrides()`) and a fidelity, the data block
+`data`/`days`/`data_kind`, the compute block `ray_address`/`result_storage`/`num_cpus`.
+Fields left as None are "not set", so the config file / flow defaults apply, and an explicit
+flow parameter always wins over a block's value.
+
+No credentials live here (`ComputeBlock.storage_credentials` was removed in issue 16: the
+flow never used it, and one secret string cannot say which fsspec option it is). Storage
+credentials come from the worker's environment, which fsspec reads (`AWS_*`, `~/.aws`, an
+instance role), or from the `settings` of the RemoteFileSystem block that
+`ComputeBlock.result_storage` names by slug.
 """
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, field_validator, model_validator
+from prefect.blocks.core import schema_extra as block_schema_extra
+from pydantic import ConfigDict, Field, model_validator
 
-from tournament.registry import (PROFILES, REBALANCE_MODES, SELECTIONS,
-                                 SIMULATORS, USER_ENGINES)
+from tournament.config import (EngineName, Fidelity, ProfileName, RebalanceName,
+                               SelectionName, SimulatorName)
+from tournament.data import DEFAULT_SP500_DAYS, SYNTHETIC_SHAPE
+from tournament.overrides import GridOverrides
 
 
-def _check_names(value: list[str] | None, valid, what: str) -> list[str] | None:
-    if value is None:
-        return None
-    bad = [v for v in value if v not in valid]
-    if bad:
-        raise ValueError(f"unknown {what} {bad}; valid: {', '.join(sorted(valid))}")
-    if not value:
-        raise ValueError(f"{what} must not be empty (use null to keep the default)")
-    return value
+def _schema_extra(schema: dict[str, Any], model: type[Block]) -> None:
+    """Prefect's block schema, plus: a block's data never holds a `$ref` key.
+
+    A block picked in the UI reaches the API as `{"$ref": ...}`, which Prefect's server
+    validates against `oneOf: [the block's schema, a $ref object]`. These blocks have no
+    required field and allow extra keys, so without this a `$ref` object would match both
+    and the server would refuse every pick ("... is valid under each of ...")."""
+    block_schema_extra(schema, model)
+    schema["not"] = {"required": ["$ref"]}
 
 
 class TournamentGridBlock(Block):
     """The tournament grid and its parameters (None = keep the config/default value)."""
+
+    model_config = ConfigDict(json_schema_extra=_schema_extra)
 
     _block_type_name = "Tournament Grid"
     _block_type_slug = "tournament-grid"
     _description = ("Selections x engines x profiles x rebalance modes, fidelity, walk-forward "
                     "windows, costs and constraints for a portfolio tournament.")
 
-    selections: list[str] | None = Field(default=None, description=f"subset of {list(SELECTIONS)}")
-    engines: list[str] | None = Field(default=None, description=f"subset of {list(USER_ENGINES)}")
-    profiles: list[str] | None = Field(default=None, description=f"subset of {list(PROFILES)}")
-    rebalances: list[str] | None = Field(default=None, description=f"subset of {list(REBALANCE_MODES)}")
-    fidelity: Literal["low", "medium", "high"] | None = Field(
+    selections: list[SelectionName] | None = Field(default=None, min_length=1,
+                                                   description="asset selection modes")
+    engines: list[EngineName] | None = Field(default=None, min_length=1,
+                                             description="optimisation engines")
+    profiles: list[ProfileName] | None = Field(default=None, min_length=1,
+                                               description="portfolio profiles (objectives)")
+    rebalances: list[RebalanceName] | None = Field(default=None, min_length=1,
+                                                   description="rebalance modes")
+    fidelity: Fidelity | None = Field(
         default=None, description="simulator tier: low = custom; medium = + vectorbt; high = all")
-    simulators: list[str] | None = Field(
+    simulators: list[SimulatorName] | None = Field(
         default=None, description="explicit simulator list (overrides the fidelity tier)")
     train: int | None = Field(default=None, ge=2, description="training window, trading days")
     test: int | None = Field(default=None, ge=1, description="test window, trading days")
@@ -58,43 +75,17 @@ class TournamentGridBlock(Block):
     top_k: int | None = Field(default=None, ge=1, description="assets kept by momentum/low_vol/cluster")
     tolerance: float | None = Field(default=None, gt=0, le=1, description="drift that triggers a trade")
 
-    @field_validator("selections")
-    @classmethod
-    def _selections(cls, v):
-        return _check_names(v, SELECTIONS, "selections")
-
-    @field_validator("engines")
-    @classmethod
-    def _engines(cls, v):
-        return _check_names(v, USER_ENGINES, "engines")
-
-    @field_validator("profiles")
-    @classmethod
-    def _profiles(cls, v):
-        return _check_names(v, PROFILES, "profiles")
-
-    @field_validator("rebalances")
-    @classmethod
-    def _rebalances(cls, v):
-        return _check_names(v, REBALANCE_MODES, "rebalances")
-
-    @field_validator("simulators")
-    @classmethod
-    def _simulators(cls, v):
-        return _check_names(v, tuple(SIMULATORS), "simulators")
+    def grid_overrides(self) -> GridOverrides:
+        """The set fields except fidelity, as the flow's typed `overrides`."""
+        return GridOverrides.coerce({name: getattr(self, name) for name in GridOverrides.model_fields
+                                     if getattr(self, name, None) is not None})
 
     def to_overrides(self) -> dict[str, Any]:
         """Flat TournamentConfig field names -> values (only the fields that are set), as
         accepted by tournament.config.build_config / load_config(**overrides)."""
-        out: dict[str, Any] = {}
-        for name in ("selections", "engines", "profiles", "rebalances", "fidelity", "train",
-                     "test", "step", "slippage_bps", "commission_bps", "max_weight", "top_k",
-                     "tolerance"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = list(value) if isinstance(value, list) else value
-        if self.simulators is not None:
-            out["simulator_list"] = list(self.simulators)
+        out = self.grid_overrides().to_overrides()
+        if self.fidelity is not None:
+            out["fidelity"] = self.fidelity
         return out
 
     def to_config(self, config_path: str | None = None):
@@ -103,10 +94,10 @@ class TournamentGridBlock(Block):
         return load_config(config_path, **self.to_overrides())
 
 
-
-
 class DataSourceBlock(Block):
     """Where the returns come from: the bundled S&P 500 sample, synthetic data, or a file."""
+
+    model_config = ConfigDict(json_schema_extra=_schema_extra)
 
     _block_type_name = "Tournament Data Source"
     _block_type_slug = "tournament-data-source"
@@ -114,9 +105,12 @@ class DataSourceBlock(Block):
 
     kind: Literal["sp500", "synthetic", "path"] = Field(default="sp500")
     path: str | None = Field(default=None, description="CSV/Parquet file (kind=path)")
-    days: int | None = Field(default=500, ge=2, description="use the last N trading days (null = all)")
-    synthetic_days: int = Field(default=1000, ge=2, description="synthetic shape: days")
-    synthetic_assets: int = Field(default=100, ge=2, description="synthetic shape: assets")
+    days: int | None = Field(default=None, ge=0, description=(
+        f"use the last N trading days (null = the source's default, tournament.data."
+        f"default_days: sp500 {DEFAULT_SP500_DAYS}, synthetic its days, a file every row; "
+        "0 = the whole history)"))
+    synthetic_days: int = Field(default=SYNTHETIC_SHAPE[0], ge=2, description="synthetic shape: days")
+    synthetic_assets: int = Field(default=SYNTHETIC_SHAPE[1], ge=2, description="synthetic shape: assets")
     data_kind: Literal["prices", "returns"] = Field(default="prices", description="what the file holds")
 
     @model_validator(mode="after")
@@ -138,31 +132,64 @@ class DataSourceBlock(Block):
 class ComputeBlock(Block):
     """Where and how to compute: Ray cluster address, Prefect result storage, local CPUs."""
 
+    model_config = ConfigDict(json_schema_extra=_schema_extra)
+
     _block_type_name = "Tournament Compute"
     _block_type_slug = "tournament-compute"
-    _description = ("Ray address (None = local Ray), result storage path or fsspec URL, and CPUs "
-                    "for a portfolio tournament. Credentials are stored as a secret.")
+    _description = ("Ray address (None = local Ray), result storage (path, fsspec URL or "
+                    "storage block slug) and CPUs for a portfolio tournament.")
 
     ray_address: str | None = Field(default=None, description="e.g. auto or host:6379; null = local")
     result_storage: str | None = Field(
-        default=None, description="task result storage: path or URL (s3://..., gs://...)")
+        default=None, description="task result storage: path, fsspec URL (s3://..., gs://...) "
+        "or storage block slug (local-file-system/NAME, remote-file-system/NAME); null = "
+        "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK if set, else .tournament-cache/results")
     num_cpus: int | None = Field(default=None, ge=1, description="local Ray CPUs (null = all)")
-    storage_credentials: SecretStr | None = Field(
-        default=None, description="credentials for the result storage (never logged)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_removed_credentials(cls, data: Any) -> Any:
+        # Documents saved before issue 16 may hold `storage_credentials` (never used by the
+        # flow; removed). Blocks keep unknown fields as plain attributes: drop it, so a
+        # loaded secret never sits around unmasked.
+        if isinstance(data, dict) and "storage_credentials" in data:
+            data = {k: v for k, v in data.items() if k != "storage_credentials"}
+        return data
 
     def to_flow_kwargs(self) -> dict[str, Any]:
-        """Flow kwargs only: the credentials are deliberately not included."""
         return {"ray_address": self.ray_address, "result_storage": self.result_storage,
                 "num_cpus": self.num_cpus}
 
-    def credentials(self) -> str | None:
-        """The secret value, for code that configures the storage filesystem. Do not log."""
-        return self.storage_credentials.get_secret_value() if self.storage_credentials else None
+
+def load_block(value: Any, cls: type[Block]) -> Block | None:
+    """A block parameter as the flow receives it -> the block: an instance (a direct call),
+    a reference `{"$ref": {"block_document_id"|"block_document_slug": ...}}` or
+    `{"$ref": "<uuid>"}` (the UI and the API), or a saved block's name (Python callers)."""
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        return cls.load(value, _sync=True)
+    if isinstance(value, dict) and "$ref" in value:
+        ref = value["$ref"]
+        if isinstance(ref, dict) and ref.get("block_document_slug"):
+            # Prefect's load_from_ref splits "<type>/<name>" only when called on Block
+            # itself; on a block class it takes the whole slug as the name. Split here.
+            block_type, _, name = str(ref["block_document_slug"]).rpartition("/")
+            if block_type and block_type != cls.get_block_type_slug():
+                raise ValueError(f"{ref['block_document_slug']!r} is not a "
+                                 f"{cls.get_block_type_slug()} block")
+            return cls.load(name, _sync=True)
+        return cls.load_from_ref(ref, _sync=True)
+    if isinstance(value, dict):
+        return cls.model_validate(value)
+    raise TypeError(f"expected a {cls.__name__}, a block reference or a block name, "
+                    f"got {type(value).__name__}")
 
 
-def resolve_blocks(grid_block: str | None = None, data_block: str | None = None,
-                   compute_block: str | None = None) -> dict[str, Any]:
-    """Load saved blocks by name and merge their kwargs for the `tournament` flow.
+def resolve_blocks(grid_block: Any = None, data_block: Any = None,
+                   compute_block: Any = None) -> dict[str, Any]:
+    """Load blocks (instances, references or saved names, see `load_block`) and merge their
+    kwargs for the `tournament` flow.
 
     Returns only the keys the given blocks set:
       {"fidelity": ..., "overrides": {...}}            from the grid block (fidelity is a flow
@@ -173,13 +200,12 @@ def resolve_blocks(grid_block: str | None = None, data_block: str | None = None,
     """
     out: dict[str, Any] = {}
     if grid_block:
-        overrides = TournamentGridBlock.load(grid_block).to_overrides()
-        fidelity = overrides.pop("fidelity", None)
-        if fidelity is not None:
-            out["fidelity"] = fidelity
-        out["overrides"] = overrides
+        grid = load_block(grid_block, TournamentGridBlock)
+        if grid.fidelity is not None:
+            out["fidelity"] = grid.fidelity
+        out["overrides"] = grid.grid_overrides().to_overrides()
     if data_block:
-        out.update(DataSourceBlock.load(data_block).to_flow_kwargs())
+        out.update(load_block(data_block, DataSourceBlock).to_flow_kwargs())
     if compute_block:
-        out.update(ComputeBlock.load(compute_block).to_flow_kwargs())
+        out.update(load_block(compute_block, ComputeBlock).to_flow_kwargs())
     return out

@@ -43,12 +43,19 @@ class RunProgress:
     status: str = "running"
     artifact_id: Any = None
     _last_draw: float = 0.0
+    _last_artifact: float = float("-inf")
+    # The progress artifact is one synchronous API call (~50 ms on this machine, more under
+    # load); per chunk it was most of a warm rerun's replay time (46 calls on the large grid).
+    # The UI polls it, so at most one update a second, and always the last value.
+    ARTIFACT_INTERVAL = 1.0
 
     def start(self) -> None:
         try:
             from prefect.artifacts import create_progress_artifact
+
+            from tasks.artifacts import artifact_key, default_key_prefix
             self.artifact_id = create_progress_artifact(
-                progress=0.0, key="tournament-progress",
+                progress=0.0, key=artifact_key(default_key_prefix(), "progress"),
                 description="Share of Stage 1 cells and Stage 2 simulations finished")
         except Exception:   # no flow run context (plain call): the bar and file still work
             self.artifact_id = None
@@ -69,12 +76,16 @@ class RunProgress:
         left = sum(c.pending for c in self.stages.values())
         return 1.0 if total == 0 else (total - left) / total
 
-    def write(self) -> None:
+    def write(self, final: bool = False) -> None:
         write_json(self.out_dir / "tournament_state.json", {
             "run_id": self.run_id, "status": self.status,
             "updated_at": datetime.now(timezone.utc).isoformat(),
-            "stages": {k: v.as_dict() for k, v in self.stages.items()}, **self.info})
-        if self.artifact_id is not None:
+            "stages": {k: v.as_dict() for k, v in self.stages.items()}, **self.info},
+            durable=final)
+        now = time.monotonic()
+        if self.artifact_id is not None and (
+                final or now - self._last_artifact >= self.ARTIFACT_INTERVAL):
+            self._last_artifact = now
             try:
                 from prefect.artifacts import update_progress_artifact
                 update_progress_artifact(self.artifact_id, progress=round(100 * self.fraction, 1))
@@ -83,7 +94,7 @@ class RunProgress:
 
     def finish(self, status: str) -> None:
         self.status = status
-        self.write()
+        self.write(final=True)
         self._draw(final=True)
 
     def _draw(self, final: bool = False) -> None:

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 # Worker processes must not oversubscribe 2 cores with BLAS/OpenMP threads.
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
               "NUMEXPR_NUM_THREADS": "1"}
-FORWARDED_PREFIXES = ("PREFECT_", "TOURNAMENT_", "NUMBA_")
+# What reaches Ray workers through runtime_env.env_vars (shown in Ray's dashboard, state API
+# and logs): an allow-list, never credentials. Workers authenticate to the Prefect API through
+# the settings context prefect-ray sends with every task (it carries PREFECT_API_KEY /
+# PREFECT_API_AUTH_STRING from the parent's settings), not through these variables.
+FORWARDED_NAMES = ("PREFECT_API_URL", "PREFECT_UI_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED",
+                   "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK", "PREFECT_TASKS_REFRESH_CACHE",
+                   "PREFECT_API_TLS_INSECURE_SKIP_VERIFY", "PREFECT_API_SSL_CERT_FILE")
+FORWARDED_PREFIXES = ("PREFECT_LOGGING_", "TOURNAMENT_", "NUMBA_")
+SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "AUTH", "CREDENTIAL")
 NOISY_LOGGERS = ("cvxportfolio", "nautilus_trader", "numba", "vectorbt", "ray", "filelock",
                  "skfolio", "matplotlib")
 
@@ -25,67 +34,96 @@ def quiet_library_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
-def local_services(*, start_ray=None):
-    """Yield the Prefect API URL, starting a local server when none is configured.
+def temporary_services(*, start_ray=None, echo=None, timings: dict | None = None):
+    """A Prefect server for this run only (127.0.0.1, a free port); yields its API URL.
 
-    `start_ray` (optional callable) runs WHILE the server boots: the URL is fixed first (a free
-    port on 127.0.0.1), so Ray workers inherit PREFECT_API_URL and never fall back to
-    per-process ephemeral servers. Overlapping the two start-ups saves ~3-5 s per run.
-    On exit, Ray and the server are stopped in parallel (both are ours).
+    `start_ray` (optional callable) runs while the server boots, so the two start-ups
+    overlap, EXCEPT on an empty PREFECT_HOME: the first boot creates and migrates the
+    database (CPU-bound, ~17 s on 2 idle cores), so Ray then starts only once the server
+    answers. The wait has no fixed limit while the server process lives (services.py says
+    why). The server is our child and dies with us (even on SIGKILL); on exit Prefect's
+    log/event workers are drained first, then Ray and the server stop in parallel.
     """
+    import tempfile
     import threading
 
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-    url = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
-    if url:
-        if start_ray:
-            start_ray()
-        yield url
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-    port = free_port()
-    server = SubprocessASGIServer(port=port)
-    url = server.api_url
-    os.environ["PREFECT_API_URL"] = url
-    failure: list[BaseException] = []
-
-    def boot():
-        try:
-            server.start()
-        except BaseException as exc:  # reported in the main thread
-            failure.append(exc)
-
-    booting = threading.Thread(target=boot, name="prefect-server-start", daemon=True)
-    booting.start()
+    from . import services
+    timings = {} if timings is None else timings
+    new_db = services.database_is_new()
+    port = services.free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    fd, log_name = tempfile.mkstemp(prefix="tournament-prefect-server-", suffix=".log")
+    os.close(fd)
+    log_path = Path(log_name)
+    t0 = time.perf_counter()
+    server = services.launch_prefect_server(port, log_path=log_path, temporary=True)
+    os.environ["PREFECT_API_URL"] = api_url
+    os.environ["PREFECT_UI_URL"] = api_url.removesuffix("/api")
+    if echo and new_db:
+        echo(f"tournament: first boot of the Prefect server on this PREFECT_HOME "
+             f"({services.prefect_home()}): creating its database; Ray starts once it answers")
+    ok = False
     try:
-        if start_ray:
+        if start_ray and not new_db:
+            t1 = time.perf_counter()
             start_ray()
-        booting.join()
-        if failure:
-            raise failure[0]
-        if server.api_url != url:
-            raise RuntimeError(f"Prefect server moved from {url} to {server.api_url}")
-        with temporary_settings({PREFECT_API_URL: url}):
+            timings["ray_start"] = time.perf_counter() - t1
+        services.wait_for_server(api_url, server, log_path=log_path)
+        timings["server_boot"] = time.perf_counter() - t0
+        if new_db:
+            timings["server_first_boot"] = timings["server_boot"]
+        services.check_ui_settings(api_url)
+        if start_ray and new_db:
+            t1 = time.perf_counter()
+            start_ray()
+            timings["ray_start"] = time.perf_counter() - t1
+        from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+        with temporary_settings({PREFECT_API_URL: api_url,
+                                 PREFECT_UI_URL: api_url.removesuffix("/api")}):
             try:
-                yield url
+                yield api_url
             finally:
                 # Flush logs/events while the server is up and still configured (outside
                 # these settings Prefect would start a throwaway ephemeral server to do it).
                 drain_prefect_workers()
+        ok = True
     finally:
         os.environ.pop("PREFECT_API_URL", None)
-        stopping = threading.Thread(target=server.stop, daemon=True)
+        os.environ.pop("PREFECT_UI_URL", None)
+        t1 = time.perf_counter()
+        stopping = threading.Thread(target=_stop_child, args=(server,), daemon=True)
         stopping.start()
         shutdown_ray()
-        stopping.join(timeout=10)
+        stopping.join(timeout=15)
+        timings["services_stop"] = time.perf_counter() - t1
+        if ok:
+            log_path.unlink(missing_ok=True)
+
+
+def _stop_child(proc, grace: float = 8.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except Exception:
+        proc.kill()
+        proc.wait(5)
+
+
+class _HideViewAtLinks(logging.Filter):
+    """Drops Prefect's 'View at <url>' lines: a temporary server's links die with the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("View at ")
+
+
+def hide_run_links() -> None:
+    for name in ("prefect.flow_runs", "prefect.flow_engine"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _HideViewAtLinks) for f in logger.filters):
+            logger.addFilter(_HideViewAtLinks())
 
 
 def drain_prefect_workers() -> None:
@@ -106,9 +144,18 @@ def shutdown_ray() -> None:
         ray.shutdown()
 
 
+def forwarded(name: str) -> bool:
+    """True when `name` may travel to Ray workers: the allow-list, never a credential
+    (any name holding KEY/SECRET/TOKEN/PASSWORD/AUTH/CREDENTIAL is dropped, even with an
+    allowed prefix, e.g. TOURNAMENT_S3_SECRET or PREFECT_API_KEY)."""
+    if any(word in name.upper() for word in SECRET_WORDS):
+        return False
+    return name in FORWARDED_NAMES or name in THREAD_ENV or name.startswith(FORWARDED_PREFIXES)
+
+
 def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(THREAD_ENV)
-    env.update({k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)})
+    env.update({k: v for k, v in os.environ.items() if forwarded(k)})
     env.setdefault("NUMBA_CACHE_DIR", str(Path(".numba-cache").resolve()))
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.update(extra or {})
@@ -139,17 +186,57 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     import ray
     if ray.is_initialized():
         return False
+    # Token auth stays on (Ray 2.60's default for a new local cluster). Its start-up warning
+    # that it is on is noise in every run; setting RAY_AUTH_MODE here instead would leave
+    # this process's already-loaded Ray config in "disabled" mode (client/GCS mismatch).
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR)
     env: dict = {"env_vars": worker_env()}
-    if address:
+    if address and not _is_this_machine(address):
+        # Another host's workers get the project's packages through the runtime env. A head
+        # on this machine (e.g. `tournament up`) runs from this checkout's environment, and
+        # packaging + unpacking the modules would cost every run ~1-2 s of worker start.
         env["py_modules"] = project_modules()
     env.update(runtime_env or {})
     kwargs = dict(runtime_env=env, include_dashboard=False, log_to_driver=False,
                   namespace="tournament", configure_logging=True, logging_level=logging.WARNING)
-    if address:
+    if address and address.startswith("ray://"):
+        _connect_ray_client(address, kwargs)
+    elif address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
+        # address="local": a new Ray for this run even when a `ray start` head (e.g. the one
+        # of `tournament up`) runs on this machine; plain ray.init() would join that one.
+        ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
     return True
+
+
+RAY_CLIENT_ATTEMPTS = 3
+
+
+def _connect_ray_client(address: str, kwargs: dict) -> None:
+    """Ray Client (`ray://`): a head that has just started can refuse the first connections
+    ("Starting Ray client server failed": its client proxy is still looking up the runtime-env
+    agent, measured here ~3 s after `ray start --head`); each refusal costs the proxy's 30 s
+    timeout. Try again, a few times, saying so."""
+    import ray
+    for attempt in range(1, RAY_CLIENT_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, **kwargs)
+            return
+        except (ConnectionAbortedError, RuntimeError) as exc:
+            if "client server failed" not in str(exc) or attempt == RAY_CLIENT_ATTEMPTS:
+                raise
+            logging.getLogger(__name__).warning(
+                "tournament: Ray Client at %s refused the connection (attempt %d of %d: its "
+                "client server did not start); retrying", address, attempt, RAY_CLIENT_ATTEMPTS)
+            ray.shutdown()
+            time.sleep(2)
+
+
+def _is_this_machine(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0]
+    return host in ("127.0.0.1", "localhost", "::1")
 
 
 def prewarm_workers(simulators=(), engines=()) -> list:
@@ -165,18 +252,30 @@ def prewarm_workers(simulators=(), engines=()) -> list:
     def warm(modules, vectorbt: bool):
         import importlib
         import time
+        t0 = time.perf_counter()
         for name in modules:
             importlib.import_module(name)
+        t1 = time.perf_counter()
         if vectorbt:
             _touch_vectorbt()
+        t2 = time.perf_counter()
         time.sleep(0.2)     # hold the worker briefly so each CPU gets one warm-up task
-        return os.getpid()
+        return {"pid": os.getpid(), "imports": t1 - t0, "numba": t2 - t1}
 
     modules = ["prefect", "prefect.task_engine", "tasks.stage1", "tasks.stage2"]
     modules += [module_of("engine", e) for e in engines]
     modules += [module_of("simulator", s) for s in simulators]
     n = int(ray.cluster_resources().get("CPU", 1))
-    return [warm.remote(modules, "vectorbt" in simulators) for _ in range(n)]
+    refs = [warm.remote(modules, "vectorbt" in simulators) for _ in range(n)]
+    _WARMUPS[:] = refs
+    return refs
+
+
+_WARMUPS: list = []     # this process's prewarm tasks (their reports go into the manifest)
+
+
+def warmup_refs() -> list:
+    return list(_WARMUPS)
 
 
 def _touch_vectorbt() -> None:
@@ -193,11 +292,17 @@ def _touch_vectorbt() -> None:
 
 
 def make_result_storage(location: str | os.PathLike):
-    """A Prefect filesystem for task results: local path, or an fsspec URL (s3://, gs://...)."""
+    """A Prefect filesystem for task results: a local path, an fsspec URL (s3://, gs://...),
+    or the slug of a saved storage block (`local-file-system/x`, `remote-file-system/x`,
+    loaded with Block.load). Its cache locks are checked to exclude across hosts."""
     import hashlib
 
     from prefect.filesystems import LocalFileSystem, RemoteFileSystem
     location = str(location)
+    if is_block_slug(location):
+        block = load_storage_block(location)
+        check_storage_locks(block)
+        return block
     if "://" in location and not location.startswith("file://"):
         block = RemoteFileSystem(basepath=location)
     else:
@@ -208,6 +313,7 @@ def make_result_storage(location: str | os.PathLike):
     # Prefect requires result storage to be a saved block; name it after its location.
     name = "tournament-results-" + hashlib.sha256(location.encode()).hexdigest()[:10]
     block.save(name, overwrite=True)
+    check_storage_locks(block)
     return block
 
 
@@ -234,3 +340,145 @@ def check_storage_reaches_all_nodes(location: str, *, shared: bool = False) -> N
             f"{len(nodes)} nodes on other hosts ({', '.join(sorted(map(str, foreign)))}); a local "
             "path would split the cache per node. Use a shared path with --shared-storage, or an "
             "fsspec URL such as s3://bucket/tournament")
+
+
+# ----------------------------------------------------------------------------- many hosts
+def _is_loopback(host: str | None) -> bool:
+    import ipaddress
+    if not host:
+        return False
+    host = host.strip("[]")
+    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def local_addresses() -> set[str]:
+    """Every address and name of this host (loopback included)."""
+    import socket
+
+    import psutil
+    out = {socket.gethostname(), socket.getfqdn()}
+    for addrs in psutil.net_if_addrs().values():
+        out.update(a.address.split("%")[0] for a in addrs
+                   if a.family in (socket.AF_INET, socket.AF_INET6))
+    return out
+
+
+def nodes_on_other_hosts(nodes: list[dict], here: set[str]) -> list[str]:
+    """Addresses of alive `ray.nodes()` entries that are not on this host (sorted)."""
+    foreign = set()
+    for n in nodes:
+        if not n.get("Alive", True):
+            continue
+        addr, name = n.get("NodeManagerAddress"), n.get("NodeManagerHostname")
+        if _is_loopback(addr) or addr in here or name in here:
+            continue
+        foreign.add(str(addr or name))
+    return sorted(foreign)
+
+
+def check_api_reaches_all_nodes(api_url: str | None, nodes: list[dict],
+                                here: set[str] | None = None) -> None:
+    """Refuse a loopback Prefect API URL when Ray nodes run on other hosts: their task runs
+    would report to their own 127.0.0.1 (one line saying what to set). `nodes` is
+    `ray.nodes()`-shaped; `here` this host's addresses (default: `local_addresses()`)."""
+    from urllib.parse import urlparse
+
+    from tournament.errors import ConfigError
+    if not api_url or not _is_loopback(urlparse(api_url).hostname):
+        return
+    foreign = nodes_on_other_hosts(nodes, local_addresses() if here is None else here)
+    if foreign:
+        raise ConfigError(
+            f"config error: the Prefect API URL {api_url} is a loopback address but Ray nodes "
+            f"run on other hosts ({', '.join(foreign)}); set PREFECT_API_URL to an address every "
+            "node can reach (e.g. http://<this host's IP>:4200/api, server started with "
+            "--host 0.0.0.0 behind your firewall) or a Prefect Cloud workspace URL")
+
+
+def current_api_url() -> str | None:
+    from prefect.settings import PREFECT_API_URL
+    return os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+
+
+def check_cluster_reachability() -> None:
+    """On the Ray cluster this process is attached to: the API URL reaches every node."""
+    import ray
+    check_api_reaches_all_nodes(current_api_url(), ray.nodes())
+
+
+# ----------------------------------------------------------------------------- result storage
+# Storage block types whose slug `<type>/<name>` --result-storage accepts (loaded with
+# Block.load). Types from collections (s3-bucket from prefect-aws, ...) are listed so that a
+# missing collection is reported, not read as a local path.
+STORAGE_BLOCK_TYPES = ("local-file-system", "remote-file-system", "smb", "s3-bucket",
+                       "gcs-bucket", "azure-blob-storage", "minio-credentials")
+
+
+def is_block_slug(spec: str) -> bool:
+    """`<block type slug>/<name>` of a storage block (a path that exists is a path)."""
+    import re
+    if "://" in spec or not re.fullmatch(r"[a-z0-9][a-z0-9-]*/[A-Za-z0-9][A-Za-z0-9_.-]*", spec):
+        return False
+    if Path(spec).exists():
+        return False
+    kind = spec.split("/", 1)[0]
+    if kind in STORAGE_BLOCK_TYPES:
+        return True
+    from prefect.blocks.core import Block
+    from prefect.utilities.dispatch import get_registry_for_type
+    return kind in (get_registry_for_type(Block) or {})
+
+
+def default_result_storage(fallback: str) -> str:
+    """`--result-storage` when none is given: PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK (a block
+    slug) when set, else `fallback` (a local path)."""
+    from prefect.settings import PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK
+    return PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK.value() or fallback
+
+
+def load_storage_block(slug: str):
+    """Block.load a storage block by slug; one-line errors for the usual mistakes."""
+    from prefect.blocks.core import Block
+
+    from tournament.errors import ConfigError
+    try:
+        block = Block.load(slug)
+    except ValueError as exc:
+        raise ConfigError(f"config error: result storage {slug!r}: {str(exc).splitlines()[0]} "
+                          "(save the block first, or write ./"
+                          f"{slug} for a local path)") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. the block's collection is not installed
+        raise ConfigError(f"config error: result storage {slug!r} could not be loaded: "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                          ) from None
+    if not (hasattr(block, "write_path") and hasattr(block, "read_path")):
+        raise ConfigError(f"config error: result storage {slug!r} is a {type(block).__name__}, "
+                          "not a storage (filesystem) block")
+    return block
+
+
+def storage_url(block) -> str:
+    """Where a storage block writes: its local path or fsspec URL (for checks and locks)."""
+    from prefect.filesystems import LocalFileSystem
+    base = str(getattr(block, "basepath", "") or "")
+    if isinstance(block, LocalFileSystem):
+        return str(Path(base.removeprefix("file://") or ".").expanduser().resolve())
+    return base
+
+
+def check_storage_locks(block) -> None:
+    """The cache locks of this storage exclude across hosts (a probe for fsspec stores)."""
+    from tasks.common import FsspecLockStore, LockStoreError, lock_store_for
+
+    from tournament.errors import ConfigError
+    try:
+        store = lock_store_for(block)
+        if isinstance(store, FsspecLockStore):
+            store.check_exclusive()
+    except LockStoreError as exc:
+        raise ConfigError(f"config error: {exc}") from None

@@ -1,15 +1,47 @@
-"""Stage 2 task: simulate one chunk of strategies for one (rebalance, simulator) pair."""
+"""Stage 2 task: simulate one chunk of strategies for one (rebalance, simulator) pair.
+
+Simulators that keep memory per backtest (nautilus: ~3-27 MB per BacktestEngine even after
+dispose(), ~170 MB in some versions) run each backtest in a child process that is replaced
+after N backtests (`RECYCLE_AFTER`, env TOURNAMENT_<SIM>_BACKTESTS_PER_PROCESS). The child is
+a one-process `ProcessPoolExecutor(max_tasks_per_child=N)` (spawn) kept by the Ray worker that
+runs this task, so recycling is exact whatever the number of Ray workers. (Ray's own
+`max_calls` cannot do it here: prefect-ray wraps the task in a new `ray.remote` per submit,
+and Ray counts `max_calls` per function id.) The Ray worker holds its one CPU while its child
+computes, so Ray's CPU accounting stays exact. Like every "spawn" child, it imports the
+calling process's main module as `__mp_main__`: Ray workers, the CLI and pytest guard theirs;
+a script that runs the task function directly needs `if __name__ == "__main__":`.
+"""
 from __future__ import annotations
+
+import os
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 from prefect import task
 
 from tournament.config import TournamentConfig
-from tournament.cube import WeightsCube
-from tournament.stage2 import simulate_pair
+from tournament.cube import FAILED, WeightsCube
+from tournament.simulators.base import SimulationResult
+from tournament.stage2 import merge_results, simulate_pair
 
 from .common import injected_delay, locked_policy, log_execution
+
+# Backtests per child process, by simulator (the others run in the task's own process).
+RECYCLE_AFTER = {"nautilus": 8}
+_POOLS: dict[tuple[str, int], object] = {}
+
+
+def backtests_per_process(simulator: str) -> int | None:
+    """N for a recycled simulator (env TOURNAMENT_NAUTILUS_BACKTESTS_PER_PROCESS wins), else
+    None (in-process)."""
+    env = os.environ.get(f"TOURNAMENT_{simulator.upper()}_BACKTESTS_PER_PROCESS", "").strip()
+    if env:
+        n = int(env)
+        if n < 1:
+            raise ValueError(f"TOURNAMENT_{simulator.upper()}_BACKTESTS_PER_PROCESS must be >= 1")
+        return n
+    return RECYCLE_AFTER.get(simulator)
 
 
 @task(cache_policy=locked_policy(), persist_result=True, retries=2, retry_delay_seconds=1,
@@ -19,7 +51,93 @@ def simulate_chunk(returns: np.ndarray, dates: pd.DatetimeIndex, cube: WeightsCu
                    rebalance: str, simulator: str, chunk_name: str, cache_key: str,
                    key_parts: dict) -> dict:
     injected_delay()
-    result = simulate_pair(returns, dates, cube, keys, rebalance=rebalance,
-                           simulator=simulator, config=config)
+    per_process = backtests_per_process(simulator)
+    workers: list[dict] = []
+    if per_process:
+        result, workers = simulate_recycled(returns, dates, cube, keys, rebalance=rebalance,
+                                            simulator=simulator, config=config,
+                                            per_process=per_process)
+    else:
+        result = simulate_pair(returns, dates, cube, keys, rebalance=rebalance,
+                               simulator=simulator, config=config)
     log_execution("stage2", cache_key, len(keys))
-    return {"result": result, "key_parts": key_parts}
+    return {"result": result, "key_parts": key_parts, "workers": workers}
+
+
+# ----------------------------------------------------------------------------- recycling
+def _pool(simulator: str, per_process: int):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    key = (simulator, per_process)
+    if key not in _POOLS:
+        _POOLS[key] = ProcessPoolExecutor(max_workers=1, max_tasks_per_child=per_process,
+                                          mp_context=multiprocessing.get_context("spawn"))
+    return _POOLS[key]
+
+
+def _drop_pool(simulator: str, per_process: int) -> None:
+    pool = _POOLS.pop((simulator, per_process), None)
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _backtest_in_child(simulator: str, returns, dates, orders, assets):
+    """One strategy's backtest, in the recycled child. Returns (result, memory record)."""
+    import psutil
+
+    from tournament.stage2 import simulator_instance
+    result = simulator_instance(simulator).simulate(returns, dates, orders, assets)
+    mb = 1024 * 1024
+    return result, {"pid": os.getpid(), "rss_mb": psutil.Process().memory_info().rss / mb,
+                    "peak_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS since exec (VmHWM). Not ru_maxrss: on Linux that keeps the
+    forked parent's size from before exec, so a spawn child would report its parent's RSS."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def simulate_recycled(returns: np.ndarray, dates: pd.DatetimeIndex, cube: WeightsCube,
+                      keys: list[tuple[str, str, str]], *, rebalance: str, simulator: str,
+                      config: TournamentConfig, per_process: int
+                      ) -> tuple[SimulationResult, list[dict]]:
+    """`simulate_pair`, one backtest per call in a child process replaced every
+    `per_process` backtests. Returns the result and one memory record per backtest
+    ({pid, rss_mb, peak_mb} of the child right after it)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from tournament.simulators.orders import build_orders
+    from tournament.simulators.base import _empty_result
+    if not keys:
+        return simulate_pair(returns, dates, cube, keys, rebalance=rebalance,
+                             simulator=simulator, config=config), []
+    orders = build_orders(cube, keys, dates=dates, returns=returns, rebalance=rebalance,
+                          cost_rate=config.costs.rate, tolerance=config.tolerance)
+    parts, workers = [], []
+    for s in range(len(keys)):
+        one = replace(orders, keys=[orders.keys[s]], targets=orders.targets[s:s + 1],
+                      trade=orders.trade[s:s + 1])
+        try:
+            part, info = _pool(simulator, per_process).submit(
+                _backtest_in_child, simulator, returns, dates, one, tuple(cube.assets)).result()
+        except BrokenProcessPool as exc:     # the child died (OOM, segfault): this one fails
+            _drop_pool(simulator, per_process)
+            part, info = _empty_result(simulator, one, dates), {}
+            part.net_returns[:] = np.nan
+            part.reason = [f"{simulator}: backtest process died ({exc})"]
+        parts.append(part)
+        workers.append(info)
+    result = merge_results(parts)
+    if result.net_returns.shape != (len(keys), orders.horizon):
+        result.status = [FAILED] * len(keys)
+        result.reason = [f"{simulator}: returned {result.net_returns.shape[-1]} days, expected "
+                         f"{orders.horizon}"] * len(keys)
+    return result, workers

@@ -22,6 +22,8 @@ import pytest
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="tournament-tests-"))
 os.environ.setdefault("PREFECT_HOME", str(_SESSION_DIR / "prefect-home"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+# Never attach to services a user left running with `tournament up` (tests start their own).
+os.environ["TOURNAMENT_NO_ATTACH"] = "1"
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".numba-cache"))
 os.environ["TOURNAMENT_EXECUTION_LOG"] = str(_SESSION_DIR / "executions.jsonl")
 REPO = Path(__file__).resolve().parents[1]

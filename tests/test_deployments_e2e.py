@@ -1,11 +1,21 @@
-"""End to end through a real Prefect server: prefect.yaml deployments, a process worker, blocks
-and the run's artifacts.
+"""End to end through a real Prefect server: prefect.yaml deployments pulling the code from
+git, a process worker on another working directory and Python environment, blocks and the
+run's artifacts.
 
-    server (isolated PREFECT_HOME)  ->  work pool  ->  `prefect --no-prompt deploy --all`
-      -> nightly has an upcoming SCHEDULED run  ->  blocks register/save/load/resolve
-      -> worker  ->  `prefect deployment run tournament/quick --watch` on a tiny grid
-      -> flow run Completed, run directory written, table + markdown artifacts on the run.
+    server (isolated PREFECT_HOME)  ->  work pool  ->  bare git repository with this
+      checkout's HEAD (file:// URL)  ->  variables tournament_repository / tournament_branch
+      ->  `prefect --no-prompt deploy --all`  ->  nightly has an upcoming SCHEDULED run
+      ->  blocks register/save/load/resolve
+      ->  worker: its own venv (the shared site-packages on its path, but NOT this project),
+          started in an empty directory, no PYTHONPATH
+      ->  `prefect deployment run tournament/quick --watch`: the run clones the repository
+          (git_clone), changes into the clone, pip-installs it into the worker's venv
+          (offline: PIP_NO_DEPS=1; the build backend comes from the machine's pip config)
+      ->  flow run Completed, run directory written, `quick-leaderboard` + `quick-summary`
+          artifacts on the run, and the code that ran is the clone's (its bytecode, the
+          venv's editable install pointing at it).
 
+The clone holds COMMITTED code only (HEAD is pushed): commit before running this test.
 Every process this test starts gets its own session (process group); teardown stops exactly
 those groups and their descendants by PID (SIGTERM, then SIGKILL after a short grace: the
 worker may ignore SIGTERM for >20 s). No other process is touched.
@@ -24,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.server, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.server, pytest.mark.timeout(700)]
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -107,7 +117,8 @@ def prefect_stack(tmp_path):
     def start(args: list[str], name: str, **kw) -> tuple[subprocess.Popen, Path]:
         log_path = tmp_path / f"{name}.log"
         log = open(log_path, "w")
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
+        kw.setdefault("env", env)
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, **kw)
         started.append((proc, log))
         return proc, log_path
@@ -170,11 +181,7 @@ from blocks.tournament_blocks import (ComputeBlock, DataSourceBlock, TournamentG
 TournamentGridBlock(engines=["custom"], selections=["all"], fidelity="low", train=120,
                     max_weight=0.5).save("e2e-grid", overwrite=True)
 DataSourceBlock(kind="sp500", days=300).save("e2e-data", overwrite=True)
-ComputeBlock(num_cpus=2, result_storage="/tmp/x", storage_credentials="s3cr3t-value").save(
-    "e2e-compute", overwrite=True)
-loaded = ComputeBlock.load("e2e-compute")
-assert loaded.credentials() == "s3cr3t-value"
-assert "s3cr3t-value" not in repr(loaded)
+ComputeBlock(num_cpus=2, result_storage="/tmp/x").save("e2e-compute", overwrite=True)
 print("RESOLVED " + json.dumps(resolve_blocks("e2e-grid", "e2e-data", "e2e-compute"), sort_keys=True))
 """
 
@@ -195,14 +202,49 @@ print("FLOW_RUN " + publish_check(sys.argv[1]))
 """
 
 
+BRANCH = "e2e-deploy"
+
+
+def _bare_repo_with_head(tmp_path: Path) -> str:
+    """A bare repository holding this checkout's HEAD on BRANCH; returns its file:// URL."""
+    bare = tmp_path / "tournament.git"
+    subprocess.run(["git", "init", "--bare", "-q", str(bare)], check=True)
+    subprocess.run(["git", "-C", str(REPO), "push", "-q", bare.as_uri(), f"HEAD:refs/heads/{BRANCH}"],
+                   check=True, capture_output=True)
+    return bare.as_uri()
+
+
+def _worker_venv(tmp_path: Path) -> Path:
+    """A venv for the worker that sees the shared site-packages (dependencies) as a plain
+    path entry, so this project's own editable install there is NOT active: the project must
+    come from the pull step's install. Returns its python."""
+    import sysconfig
+    venv = tmp_path / "worker-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    Path(site, "zz_shared_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
+def _editable_files(site: Path) -> dict[str, float]:
+    return {p.name: p.stat().st_mtime for p in site.iterdir() if "portfolio_tournament" in p.name}
+
+
 def test_deployments_end_to_end(prefect_stack, tmp_path):
+    import sysconfig
+
     from prefect.client.schemas.objects import StateType
 
     url, env, start = prefect_stack
     t0 = time.monotonic()
 
-    # 1. Work pool + every deployment in prefect.yaml (from the repo root).
+    # 1. Work pool, the git source as variables, every deployment in prefect.yaml.
+    repo_url = _bare_repo_with_head(tmp_path)
     _run([*PREFECT, "work-pool", "create", POOL, "--type", "process"], env)
+    _run([*PREFECT, "variable", "set", "tournament_repository", repo_url], env)
+    _run([*PREFECT, "variable", "set", "tournament_branch", BRANCH], env)
     out = _run([*PREFECT, "--no-prompt", "deploy", "--all"], env, timeout=180)
     for name in ("nightly", "adhoc", "quick"):
         assert f"tournament/{name}" in out, out[-3000:]
@@ -214,11 +256,27 @@ def test_deployments_end_to_end(prefect_stack, tmp_path):
         for name, dep in deps.items():
             assert dep.work_pool_name == POOL, name
             assert dep.entrypoint == "flows.tournament_flow:tournament"
-            assert dep.pull_steps and "set_working_directory" in json.dumps(dep.pull_steps)
-            assert Path(dep.pull_steps[0]["prefect.deployments.steps.set_working_directory"]
-                        ["directory"]).resolve() == REPO.resolve()
-        assert deps["nightly"].parameters["fidelity"] == "high"
-        assert deps["quick"].parameters["fidelity"] == "low"
+            steps = [next(iter(step)) for step in dep.pull_steps]
+            assert steps == ["prefect.deployments.steps.git_clone",
+                             "prefect.deployments.steps.set_working_directory",
+                             "prefect.deployments.steps.pip_install_requirements"], steps
+            clone = dep.pull_steps[0]["prefect.deployments.steps.git_clone"]
+            # Templates kept: the variables are read when each flow run starts.
+            assert clone["repository"] == "{{ prefect.variables.tournament_repository }}"
+            assert clone["branch"] == "{{ prefect.variables.tournament_branch }}"
+        # A typed UI form: the schema read back from the API has choices for fidelity and
+        # every grid axis, block pickers and a description on every parameter.
+        from tests.test_typed_ui import assert_typed_schema
+        for name, dep in deps.items():
+            assert_typed_schema(dep.parameter_openapi_schema)
+            assert dep.enforce_parameter_schema, name
+            # Block-provided values are left unset, so a picked block's values show through;
+            # what makes a deployment what it is lives in its config file.
+            preset = {k for k, v in dep.parameters.items() if v is not None}
+            assert not preset & {"fidelity", "data", "days", "data_kind", "overrides",
+                                 "ray_address", "result_storage", "num_cpus"}, (name, preset)
+        assert deps["nightly"].parameters["config_path"] == "configs/nightly.toml"
+        assert deps["quick"].parameters["config_path"] == "configs/quick.toml"
         assert deps["nightly"].schedules and deps["nightly"].schedules[0].schedule.cron == "0 2 * * *"
         assert not deps["quick"].schedules
         deadline = time.monotonic() + 60
@@ -245,16 +303,41 @@ def test_deployments_end_to_end(prefect_stack, tmp_path):
         "ray_address": None, "result_storage": "/tmp/x", "num_cpus": 2,
         "overrides": {"engines": ["custom"], "selections": ["all"], "train": 120,
                       "max_weight": 0.5}}
-    assert "s3cr3t-value" not in out
 
-    # 4. A process worker (from the repo root), then the quick deployment on a tiny grid.
-    worker, worker_log = start([*PREFECT, "worker", "start", "--pool", POOL], "worker", cwd=REPO)
+    # 4. A process worker in its own venv and an empty directory (no PYTHONPATH, not the
+    #    repo), then the quick deployment on a tiny grid: it clones, installs, runs.
+    python = _worker_venv(tmp_path)
+    worker_site = Path(subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True).stdout.strip())
+    shared_site = Path(sysconfig.get_paths()["purelib"])
+    shared_before = _editable_files(shared_site)
+    worker_home = tmp_path / "worker-home"
+    worker_home.mkdir()
+    # No PYTHONPATH (the project must come from the clone); bytecode on, as the proof below.
+    worker_env = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
+    worker_env.update(PATH=f"{python.parent}{os.pathsep}{env['PATH']}", PIP_NO_DEPS="1",
+                      PIP_DISABLE_PIP_VERSION_CHECK="1")
+    probe = subprocess.run([str(python), "-c", "import flows"], cwd=worker_home, env=worker_env,
+                           capture_output=True, text=True)
+    assert probe.returncode != 0, "the worker venv already imports the project: test is void"
+    worker, worker_log = start([str(python), "-m", "prefect", "worker", "start", "--pool", POOL],
+                               "worker", cwd=worker_home, env=worker_env)
     run_dir = tmp_path / "run"
+    # The data source as the UI passes a picked block: a reference the server validates
+    # against the schema and the flow loads (days=300 from the block, no days parameter).
     params = {"out": str(run_dir), "result_storage": str(tmp_path / "cache"),
-              "overrides": TINY_GRID, "num_cpus": 2, "days": 400}
+              "overrides": TINY_GRID, "num_cpus": 2,
+              "data_source": {"$ref": {"block_document_slug": "tournament-data-source/e2e-data"}}}
     t_trigger = time.monotonic()
+    # The process worker runs each flow run in a temporary directory it deletes afterwards;
+    # a fixed working_dir keeps the clone for the checks in step 6.
+    flow_runs_dir = worker_home / "flow-runs"
+    flow_runs_dir.mkdir()
     proc = subprocess.run([*PREFECT, "deployment", "run", "tournament/quick",
-                           "--params", json.dumps(params), "--watch",
+                           "--params", json.dumps(params),
+                           "--job-variable", f"working_dir={json.dumps(str(flow_runs_dir))}",
+                           "--watch",
                            "--watch-timeout", "300"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=330,
                           start_new_session=True)
@@ -272,6 +355,10 @@ def test_deployments_end_to_end(prefect_stack, tmp_path):
         assert run.state is not None and run.state.is_completed(), (
             f"quick run state {run.state!r}" + diagnostics())
         assert run.parameters["overrides"] == TINY_GRID
+        assert run.name == "quick low sp500 300d", run.name       # <deployment> <fidelity> <data> <days>
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        assert manifest["data"]["days"] == 300                    # the picked block's value
+        assert manifest["config"]["engines"] == ["custom"]        # TINY_GRID over configs/quick.toml
 
         # The run directory was written where the parameters said.
         for name in ("results.parquet", "returns.parquet", "cells.parquet", "manifest.json"):
@@ -290,21 +377,70 @@ def test_deployments_end_to_end(prefect_stack, tmp_path):
         out = _run([sys.executable, "-c", PUBLISH_SCRIPT, str(copy_dir)], env, cwd=tmp_path)
         tiny_run_id = next(line for line in out.splitlines() if line.startswith("FLOW_RUN "))[9:]
         tiny = {(a.type, a.key) for a in run_artifacts(tiny_run_id)}
-        assert {("table", "e2e-check-leaderboard"), ("markdown", "e2e-check-summary")} <= tiny, tiny
+        assert {("table", "e2e-check-leaderboard"), ("markdown", "e2e-check-summary"),
+                ("markdown", "e2e-check-report")} <= tiny, tiny
         assert (copy_dir / "report.html").is_file()
 
         # 5b. Artifacts of the deployment's flow run (need publish_artifacts in the flow).
         artifacts = run_artifacts(run.id)
         kinds = {a.type: a for a in artifacts}
+        by_key = {a.key: a for a in artifacts}
         print(f"\ne2e: deploy+schedule checks {t_trigger - t0:.1f}s, quick run trigger->done "
               f"{trigger_seconds:.1f}s, artifacts {sorted((a.type, a.key) for a in artifacts)}")
         assert "table" in kinds and "markdown" in kinds, (
             "flow run has no table/markdown artifacts: is tasks.artifacts.publish_artifacts "
             f"called at the end of the tournament flow? found {[(a.type, a.key) for a in artifacts]}")
-        assert kinds["table"].key == "tournament-leaderboard"
-        assert kinds["markdown"].key == "tournament-summary"
+        assert kinds["table"].key == "quick-leaderboard"          # <deployment>-<kind>
+        assert {"quick-summary", "quick-report"} <= set(by_key), sorted(by_key)
+        assert by_key["quick-summary"].type == by_key["quick-report"].type == "markdown"
+        assert kinds["progress"].key == "quick-progress"
+        # The report in the UI: the leaderboard and the charts inline (report.html is on
+        # the worker's disk).
+        assert "](data:image/png;base64," in by_key["quick-report"].data
         table = kinds["table"].data
         table = json.loads(table) if isinstance(table, str) else table
         assert table and {"selection", "engine", "profile", "sharpe"} <= set(table[0])
-        assert "## Top" in kinds["markdown"].data
+        assert "## Top" in by_key["quick-summary"].data
         assert (run_dir / "report.html").is_file()
+
+        # 5c. Stage 2 alone from a deployment (what the UI's `simulate` run does): vectorbt
+        #     added to the quick run's directory, no Stage 1 cell solved.
+        import pandas as pd
+        before = pd.read_parquet(run_dir / "results.parquet")
+        assert set(before["simulator"]) == {"custom"}
+        sim = subprocess.run([*PREFECT, "deployment", "run", "tournament-simulate/simulate",
+                              "--params", json.dumps({"run_dir": str(run_dir),
+                                                      "simulators": ["vectorbt"]}),
+                              "--job-variable", f"working_dir={json.dumps(str(flow_runs_dir))}",
+                              "--watch", "--watch-timeout", "300"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=330,
+                             start_new_session=True)
+        watch_out = sim.stdout + sim.stderr
+        sim_dep = client.read_deployment_by_name("tournament-simulate/simulate")
+        sim_runs = _deployment_runs(client, sim_dep.id)
+        assert len(sim_runs) == 1 and sim_runs[0].state.is_completed(), (
+            f"simulate run {sim_runs and sim_runs[0].state!r}" + diagnostics())
+        after = pd.read_parquet(run_dir / "results.parquet")
+        assert set(after["simulator"]) == {"custom", "vectorbt"}
+        # Every strategy row gains a vectorbt twin (the benchmark row is simulator-free).
+        assert (after["simulator"] == "vectorbt").sum() == (before["selection"] != "benchmark").sum()
+        assert len(after) == len(before) + (after["simulator"] == "vectorbt").sum()
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        assert manifest["cache"]["stage1"]["cells_computed"] == 0, manifest["cache"]
+        assert manifest["simulate"][-1]["pairs"] == [[m, "vectorbt"] for m in
+                                                     sorted(set(before["rebalance"]))]
+
+    # 6. The code that ran came from the clone: git_clone made <repo>-<branch> in the worker's
+    #    directory, the flow's modules were compiled there, and the worker venv's editable
+    #    install points at it. The shared environment's install was not touched.
+    clone_dir = flow_runs_dir / f"tournament-{BRANCH}"
+    assert (clone_dir / ".git").is_dir(), sorted(p.name for p in flow_runs_dir.iterdir())
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert subprocess.run(["git", "-C", str(clone_dir), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip() == head
+    assert list((clone_dir / "flows" / "__pycache__").glob("tournament_flow.*.pyc"))
+    assert list((clone_dir / "tasks" / "__pycache__").glob("stage2.*.pyc"))
+    finder = "".join(p.read_text() for p in worker_site.glob("__editable__*portfolio_tournament*"))
+    assert str(clone_dir.resolve()) in finder, finder[:500]
+    assert _editable_files(shared_site) == shared_before

@@ -56,6 +56,21 @@ def _cluster_processes(temp_dir: Path) -> list:
                 roots.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+    # Ray Client servers name the cluster by its GCS address, not its temp dir, and are
+    # re-parented to init: match them by that address (Ray writes it to ray_current_cluster).
+    try:
+        gcs = (temp_dir / "ray_current_cluster").read_text().strip()
+    except OSError:
+        gcs = ""
+    if gcs:
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                cmd = p.info["cmdline"] or []
+                if p.pid not in skip and "ray.util.client.server" in cmd and \
+                        f"--address={gcs}" in cmd:
+                    roots.append(p)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
     found = {p.pid: p for p in roots}
     for p in roots:
         try:

@@ -11,11 +11,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -23,16 +20,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.browser import Browser, chromium_path
+
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-SECTIONS = ("summary", "leaderboard", "equity", "heatmaps", "agreement", "failures", "manifest")
+SECTIONS = ("summary", "leaderboard", "equity", "heatmaps", "agreement", "failures", "fallbacks",
+            "manifest")
 
 
 # ----------------------------------------------------------------------------- fixtures
 def _make_run(out: Path) -> Path:
     from tournament.config import load_config
     from tournament.data import load_dataset
-    from tournament.outputs import write_run
+    from tournament.outputs import finalize_run
     from tournament.pipeline import run_tournament
 
     config = load_config(engines=["custom"], selections=["all", "momentum"],
@@ -47,8 +46,21 @@ def _make_run(out: Path) -> Path:
                          "end": str(dataset.dates[-1].date())},
                 "result_storage": "none", "timings": res.timings,
                 "cache": {"stage1": {"tasks": 2, "cached": 1}, "stage2": {"tasks": 1, "cached": 0}}}
-    write_run(out, cube=res.cube, results=res.results, returns=res.returns, manifest=manifest)
+    # As a real run writes it: statistics columns (confidence set included), ledger, files.
+    finalize_run(out, cube=res.cube, results=res.results, returns=res.returns, manifest=manifest)
     return out
+
+
+def expected_sentence(run_dir: Path) -> str:
+    """The confidence sentence from results.parquet's columns, counted here independently."""
+    results = pd.read_parquet(run_dir / "results.parquet")
+    per = results.dropna(subset=["mcs"]).drop_duplicates(
+        ["selection", "engine", "profile", "rebalance"])
+    n, m = int(per["mcs"].sum()), int(per["stepm"].fillna(False).sum())
+    assert n >= 1 and len(per) >= 2      # a set always holds the best; two+ strategies ran
+    return (f"{n} {'strategy is' if n == 1 else 'strategies are'} statistically "
+            f"indistinguishable from the best; {m} {'beats' if m == 1 else 'beat'} equal "
+            "weight after correcting for the search.")
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +129,28 @@ def test_report_content_matches_run(run_dir, report):
         assert html.escape(reason) in text
     # One simulator only: the agreement section says so.
     assert "Only one simulator ran" in text
+    # The summary opens with the confidence-set sentence, then the list and the measures.
+    summary = text.split('<section id="summary"><h2>Summary</h2>', 1)[1]
+    assert summary.startswith(f'<p class="headline" id="confidence-sentence">'
+                              f'{expected_sentence(run_dir)}</p>')
+    assert "about mean daily net return" in summary and "sorts by Sharpe" in summary
+    in_set = results.dropna(subset=["mcs"]).drop_duplicates(
+        ["selection", "engine", "profile", "rebalance"])
+    in_set = in_set[in_set["mcs"].astype(bool)]
+    assert f"In the 95% model confidence set ({len(in_set)} of" in summary
+    returns = pd.read_parquet(run_dir / "returns.parquet")
+    for row in in_set.itertuples():
+        assert f"{row.mcs_pvalue:.4f}" in summary
+        # The measure the set is about, shown next to Sharpe: annualised mean net return.
+        path = returns[(returns["selection"] == row.selection) & (returns["engine"] == row.engine)
+                       & (returns["profile"] == row.profile)
+                       & (returns["rebalance"] == row.rebalance)
+                       & (returns["simulator"] == row.simulator)]
+        assert f"{path['net_return'].mean() * 252 * 100:.2f}%" in summary
+    assert "The measure behind each column" in text and "<th>mcs</th>" in text
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["confidence"]["seed"] == 17 and manifest["confidence"]["block_size"] == 10
+    assert f"seed {manifest['confidence']['seed']}" in summary
 
 
 def test_leaderboard_table_and_markdown(run_dir):
@@ -136,8 +170,32 @@ def test_leaderboard_table_and_markdown(run_dir):
     for heading in ("# Tournament run", "## Top", "## Failed and unsupported",
                     "## Simulator agreement"):
         assert heading in md
+    # The markdown artifact opens with the confidence sentence too.
+    assert md.splitlines()[2] == f"**{expected_sentence(run_dir)}**"
+    assert "Beat equal weight (StepM):" in md and "SPA p-value per rebalance mode: window" in md
+    assert "- **mcs**: mean daily net return" in md
     assert "| rank | selection |" in md
     assert json.loads((run_dir / "manifest.json").read_text())["data"]["fingerprint"] in md
+
+
+def test_published_markdown_artifact_opens_with_the_sentence(run_dir, tmp_path, monkeypatch):
+    """publish_artifacts hands Prefect a markdown artifact (and description) that lead with
+    the confidence sentence; Prefect's artifact calls are captured, no server needed."""
+    import prefect.artifacts
+
+    from tasks.artifacts import publish_artifacts
+    calls = {}
+    monkeypatch.setattr(prefect.artifacts, "create_table_artifact",
+                        lambda **kw: calls.setdefault("table", kw) and "table-id")
+    monkeypatch.setattr(prefect.artifacts, "create_markdown_artifact",
+                        lambda **kw: calls.setdefault("markdown", kw) and "markdown-id")
+    copy = shutil.copytree(run_dir, tmp_path / "published")
+    out = publish_artifacts(str(copy))
+    sentence = expected_sentence(run_dir)
+    assert out["markdown"] == "markdown-id" and (copy / "report.html").is_file()
+    assert calls["markdown"]["markdown"].splitlines()[2] == f"**{sentence}**"
+    assert calls["markdown"]["description"].startswith(sentence)
+    assert {"mcs", "stepm", "spa_pvalue"} <= set(calls["table"]["table"][0])
 
 
 def test_extra_columns_escaping_and_agreement(run_dir, tmp_path):
@@ -194,106 +252,16 @@ def test_report_tolerates_missing_files(tmp_path):
 # ----------------------------------------------------------------------------- real browser
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    if os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK):
-        return CHROMIUM
-    if os.environ.get("TOURNAMENT_SKIP_BROWSER") == "1":
-        pytest.skip("TOURNAMENT_SKIP_BROWSER=1: real-browser report check skipped on request")
-    pytest.fail(f"{CHROMIUM} not found: run `scripts/install_chromium.sh` (Debian chromium) "
-                "or set TOURNAMENT_SKIP_BROWSER=1 to skip the browser check explicitly")
+    return chromium_path()
 
 
-class DevTools:
-    """Minimal Chrome DevTools protocol client over one page websocket."""
-
-    def __init__(self, ws_url: str):
-        from websockets.sync.client import connect
-        self.ws = connect(ws_url, max_size=64 * 2**20, open_timeout=20)
-        self.next_id = 0
-        self.events: list[dict] = []
-
-    def send(self, method: str, params: dict | None = None, timeout: float = 30) -> dict:
-        self.next_id += 1
-        msg_id = self.next_id
-        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params or {}}))
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = json.loads(self.ws.recv(timeout=max(0.1, deadline - time.monotonic())))
-            if msg.get("id") == msg_id:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-            if "method" in msg:
-                self.events.append(msg)
-
-    def wait_event(self, method: str, timeout: float = 30) -> dict:
-        for ev in self.events:
-            if ev["method"] == method:
-                return ev
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = json.loads(self.ws.recv(timeout=max(0.1, deadline - time.monotonic())))
-            if "method" in msg:
-                self.events.append(msg)
-                if msg["method"] == method:
-                    return msg
-        raise TimeoutError(method)
-
-    def evaluate(self, expression: str):
-        res = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,
-                                             "awaitPromise": True})
-        if "exceptionDetails" in res:
-            raise RuntimeError(res["exceptionDetails"])
-        return res["result"].get("value")
-
-    def close(self):
-        self.ws.close()
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM then SIGKILL exactly the process group of the browser we started."""
-    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def test_report_in_real_browser(report, chromium, tmp_path):
-    import httpx
+def test_report_in_real_browser(run_dir, report, chromium, tmp_path):
     from PIL import Image
 
     path, _ = report
-    profile = tmp_path / "chromium-profile"
-    profile.mkdir()
-    log = open(tmp_path / "chromium.log", "w")
-    proc = subprocess.Popen(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--no-first-run", "--no-default-browser-check", "--disable-dev-shm-usage",
-         f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1",
-         "--remote-debugging-port=0", "--window-size=1300,900", "about:blank"],
-        stdout=log, stderr=log, start_new_session=True)
-    cdp = None
+    browser = Browser(chromium, tmp_path)
     try:
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not (port_file.is_file() and port_file.read_text().strip()):
-            assert proc.poll() is None, (tmp_path / "chromium.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "chromium did not open a DevTools port"
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
-        page = next(t for t in targets if t["type"] == "page")
-        cdp = DevTools(page["webSocketDebuggerUrl"])
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            cdp.send(f"{domain}.enable")
-        cdp.send("Page.navigate", {"url": path.resolve().as_uri()})
-        cdp.wait_event("Page.loadEventFired", timeout=60)
+        cdp = browser.open(path.resolve().as_uri())
 
         n_images = cdp.evaluate("document.images.length")
         assert n_images >= 3
@@ -301,6 +269,10 @@ def test_report_in_real_browser(report, chromium, tmp_path):
             "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"), \
             cdp.evaluate("Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
         assert cdp.evaluate("document.querySelectorAll('section').length") == len(SECTIONS)
+        # The summary's first paragraph, as rendered, is the confidence-set sentence.
+        first = cdp.evaluate("(() => { const p = document.querySelector('#summary p');"
+                             " return [p.innerText, p.offsetHeight]; })()")
+        assert first[0] == expected_sentence(run_dir) and first[1] > 0
         assert cdp.evaluate("document.querySelectorAll('#leaderboard table tbody tr').length") > 0
         assert cdp.evaluate("document.body.scrollHeight") > 2000
 
@@ -326,10 +298,4 @@ def test_report_in_real_browser(report, chromium, tmp_path):
         external = [u for u in requests if not u.startswith(("file://", "data:", "about:"))]
         assert not external, external
     finally:
-        if cdp is not None:
-            try:
-                cdp.close()
-            except Exception:
-                pass
-        _stop_group(proc)
-        log.close()
+        browser.close()

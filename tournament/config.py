@@ -11,7 +11,7 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .errors import ConfigError, unknown_name
 from .registry import (ENGINES, FIDELITY_TIERS, PROFILES, REBALANCE_MODES, SELECTIONS,
@@ -55,6 +55,9 @@ class TournamentConfig:
     covariance: str = "ledoit_wolf"  # covariance estimator shared by the engines
     risk_free: float = 0.0           # daily risk-free rate for max_sharpe
     annualization: int = 252
+    # A window whose cell cannot produce valid weights: "hold" (previous target; cash in a
+    # strategy's first window), "cash", or "fail" (the strategy fails). See README.
+    on_infeasible: str = "hold"
 
     @property
     def simulators(self) -> tuple[str, ...]:
@@ -97,8 +100,10 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "rebalance": {"tolerance": "tolerance"},
     "estimation": {"covariance": "covariance", "risk_free": "risk_free",
                    "annualization": "annualization"},
+    "solve": {"on_infeasible": "on_infeasible"},
 }
 COVARIANCE_ESTIMATORS = ("ledoit_wolf", "sample")
+INFEASIBLE_POLICIES = ("hold", "cash", "fail")
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> TournamentConfig:
@@ -192,6 +197,10 @@ def build_config(flat: dict[str, Any], *, source: str = "<defaults>") -> Tournam
     covariance = flat.get("covariance", defaults.covariance)
     if covariance not in COVARIANCE_ESTIMATORS:
         fail("covariance", unknown_name("covariance estimator", covariance, COVARIANCE_ESTIMATORS))
+    on_infeasible = flat.get("on_infeasible", defaults.on_infeasible)
+    if on_infeasible not in INFEASIBLE_POLICIES:
+        fail("on_infeasible", unknown_name("on_infeasible policy", on_infeasible,
+                                           INFEASIBLE_POLICIES))
     return TournamentConfig(
         windows=windows,
         selections=_pick(names("selections", SELECTIONS), defaults.selections),
@@ -207,11 +216,28 @@ def build_config(flat: dict[str, Any], *, source: str = "<defaults>") -> Tournam
         covariance=covariance,
         risk_free=_pick(number("risk_free", float, -1, 1), defaults.risk_free),
         annualization=_pick(number("annualization", int, 1), defaults.annualization),
+        on_infeasible=on_infeasible,
     )
 
 
 def _pick(value, default):
     return default if value is None else value
+
+
+# ---------------------------------------------------------------- names as types (UI, API)
+# The registries' names as Literal types: the Prefect UI offers them as choices, the API
+# validates them, and they cannot drift from the registries (built from the same tuples).
+# The pydantic model of the overrides is tournament.overrides.GridOverrides (pydantic is not
+# imported here: the CLI reads the config before it starts anything, import time counts).
+Fidelity = Literal[tuple(FIDELITY_TIERS)]
+DataKind = Literal["prices", "returns"]
+SelectionName = Literal[SELECTIONS]
+EngineName = Literal[USER_ENGINES]
+ProfileName = Literal[PROFILES]
+RebalanceName = Literal[REBALANCE_MODES]
+SimulatorName = Literal[tuple(SIMULATORS)]
+CovarianceName = Literal[COVARIANCE_ESTIMATORS]
+InfeasiblePolicy = Literal[INFEASIBLE_POLICIES]
 
 
 assert set(USER_ENGINES) <= set(ENGINES)

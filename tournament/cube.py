@@ -1,8 +1,11 @@
 """The weights cube: Stage 1's output and Stage 2's input.
 
-One row per (window, selection, engine, profile) cell, with status (ok / failed /
-unsupported), reason, solver and solve time, and a full-universe weight vector (zeros on
-assets the selection left out; zeros for cells that are not ok). Saved as
+One row per (window, selection, engine, profile) cell, with status (ok / fallback / failed /
+unsupported), reason, solver, solver status, optimality residual, the `on_infeasible` policy
+applied and solve time, and a full-universe weight vector (zeros on assets the selection
+left out; zeros for failed and unsupported cells). A `fallback` cell could not be solved (its
+reason says why) and holds the weights the declared policy gave it (`hold`: the previous
+window's target, cash in a strategy's first window; `cash`: all cash, i.e. zero weights). Saved as
 `weights_cube.pkl` (the spec's format) and as long-form Parquet (`weights_cube.parquet` +
 `cells.parquet`) that any tool reads; both load back to an identical cube.
 """
@@ -16,10 +19,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-OK, FAILED, UNSUPPORTED = "ok", "failed", "unsupported"
+OK, FAILED, UNSUPPORTED, FALLBACK = "ok", "failed", "unsupported", "fallback"
+# Statuses whose weights a strategy can trade (a fallback is not a failure).
+TRADABLE = (OK, FALLBACK)
 STRATEGY_KEYS = ["selection", "engine", "profile"]
 CELL_KEYS = ["window_start", *STRATEGY_KEYS]
-CELL_COLUMNS = [*CELL_KEYS, "window_end", "status", "reason", "solver", "solve_seconds", "n_selected"]
+CELL_COLUMNS = [*CELL_KEYS, "window_end", "status", "reason", "solver", "solver_status",
+                "residual", "policy", "solve_seconds", "n_selected"]
+_CELL_DEFAULTS = {"solver_status": "", "residual": np.nan, "policy": ""}   # older cubes
 
 
 @dataclass(frozen=True, order=True)
@@ -42,6 +49,9 @@ class CellResult:
     solver: str = ""
     solve_seconds: float = 0.0
     weights: np.ndarray = field(default_factory=lambda: np.zeros(0))  # full universe
+    solver_status: str = ""        # cvxpy status ("" for closed-form weights)
+    residual: float = np.nan       # optimality residual, when the status rule computed one
+    policy: str = ""               # the on_infeasible policy that resolved a fallback cell
 
 
 @dataclass(eq=False)
@@ -57,14 +67,16 @@ class WeightsCube:
         n = len(assets)
         rows, weights = [], np.zeros((len(results), n))
         for i, r in enumerate(results):
-            if r.status == OK:
+            if r.status in TRADABLE:
                 weights[i] = r.weights
             rows.append({"window_start": window_starts[r.cell.window],
                          "selection": r.cell.selection, "engine": r.cell.engine,
                          "profile": r.cell.profile, "window_end": window_ends[r.cell.window],
                          "status": r.status, "reason": r.reason, "solver": r.solver,
-                         "solve_seconds": float(r.solve_seconds),
-                         "n_selected": int((r.weights > 0).sum()) if r.status == OK else 0})
+                         "solver_status": r.solver_status, "residual": float(r.residual),
+                         "policy": r.policy, "solve_seconds": float(r.solve_seconds),
+                         "n_selected": int((r.weights > 0).sum()) if r.status in TRADABLE
+                         else 0})
         cells = pd.DataFrame(rows, columns=CELL_COLUMNS)
         return cls(tuple(assets), _normalise_cells(cells), np.ascontiguousarray(weights))
 
@@ -79,10 +91,11 @@ class WeightsCube:
         return pd.DatetimeIndex(ends.loc[self.window_starts].to_numpy())
 
     def strategies(self) -> pd.DataFrame:
-        """One row per strategy: ok only if every window's cell is ok (else the first reason)."""
+        """One row per strategy: ok if every window's cell is ok or fallback (else the first
+        reason), and how many windows were resolved by the on_infeasible policy."""
         out = []
         for key, group in self.cells.groupby(STRATEGY_KEYS, sort=True):
-            bad = group[group["status"] != OK]
+            bad = group[~group["status"].isin(TRADABLE)]
             if bad.empty:
                 status, reason = OK, ""
             elif (bad["status"] == UNSUPPORTED).all() and len(bad) == len(group):
@@ -93,8 +106,9 @@ class WeightsCube:
                 reason = (f"{len(bad)}/{len(group)} windows not ok; first "
                           f"{pd.Timestamp(first['window_start']).date()}: {first['status']}: "
                           f"{first['reason']}")
-            out.append({**dict(zip(STRATEGY_KEYS, key)), "status": status, "reason": reason})
-        return pd.DataFrame(out, columns=[*STRATEGY_KEYS, "status", "reason"])
+            out.append({**dict(zip(STRATEGY_KEYS, key)), "status": status, "reason": reason,
+                        "fallback_windows": int((group["status"] == FALLBACK).sum())})
+        return pd.DataFrame(out, columns=[*STRATEGY_KEYS, "status", "reason", "fallback_windows"])
 
     def schedule(self, key: tuple[str, str, str]) -> np.ndarray:
         """Target weights of one strategy: n_windows x n_assets, in window order."""
@@ -161,12 +175,15 @@ class WeightsCube:
 
 
 def _normalise_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    cells = cells.assign(**{c: v for c, v in _CELL_DEFAULTS.items() if c not in cells})
     cells = cells[CELL_COLUMNS].copy()
     for col in ("window_start", "window_end"):
         cells[col] = pd.to_datetime(cells[col]).astype("datetime64[ns]")
-    for col in ("selection", "engine", "profile", "status", "reason", "solver"):
+    for col in ("selection", "engine", "profile", "status", "reason", "solver", "solver_status",
+                "policy"):
         cells[col] = cells[col].astype(str)
     cells["solve_seconds"] = cells["solve_seconds"].astype(np.float64)
+    cells["residual"] = cells["residual"].astype(np.float64)
     cells["n_selected"] = cells["n_selected"].astype(np.int64)
     return cells.sort_values([*STRATEGY_KEYS, "window_start"], kind="stable").reset_index(drop=True)
 

@@ -4,10 +4,21 @@ Conventions
 -----------
 * A `Dataset` holds simple close-to-close returns: row t is the return from close t-1 to
   close t. Values are a C-contiguous float64 array (dates x assets).
-* Missing values policy (point-in-time): NaN marks a gap (asset not trading / not listed).
-  An asset with any gap inside a training window is left out of that window only; a held
-  asset with a gap on a test day earns 0% that day (carried at its last price).
+* Missing values policy (point-in-time): NaN marks a day without a price (asset not trading
+  / not listed). `Dataset.available` (= finite returns) is the availability mask: an asset
+  with any unavailable day inside a training window is left out of that window only. A held
+  asset is carried at its last price: it earns 0% on a day without a price, and the day the
+  price returns it earns `p_after / p_last - 1`, so no move across a gap is lost (from
+  prices 100, 100, NaN, 50 the returns are 0, NaN, -0.5). A returns file cannot say what
+  happened during its own gaps: a NaN return earns 0% and the next given return is used as is.
   Infinite values are always an error.
+
+Default length per source (`default_days`, the ONE table the CLI, the flow, the blocks and the
+deployments use; `days` given explicitly trims from the end):
+
+    sp500                  the last 500 trading days (DEFAULT_SP500_DAYS)
+    synthetic:DAYSxASSETS  its DAYS (plain `synthetic`: SYNTHETIC_SHAPE)
+    PATH (.csv/.parquet)   every row of the file
 """
 from __future__ import annotations
 
@@ -23,6 +34,8 @@ from .errors import DataError
 
 BUNDLED = "sp500"
 SYNTHETIC = "synthetic"
+DEFAULT_SP500_DAYS = 500
+SYNTHETIC_SHAPE = (1000, 100)     # plain `synthetic` = synthetic:1000x100
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,6 +46,11 @@ class Dataset:
     source: str                       # where it came from (file path, "sp500", ...)
     benchmark: np.ndarray | None = None   # T benchmark returns (buy-and-hold baseline)
     benchmark_name: str | None = None
+
+    @property
+    def available(self) -> np.ndarray:
+        """T x N availability mask: True where the asset has a price that day."""
+        return np.isfinite(self.returns)
 
     @property
     def n_days(self) -> int:
@@ -84,16 +102,37 @@ def from_returns_frame(frame: pd.DataFrame, *, source: str, benchmark: pd.Series
 def from_prices_frame(prices: pd.DataFrame, *, source: str, benchmark: pd.Series | None = None,
                       ) -> Dataset:
     validate_frame(prices, source=source, kind="prices")
-    returns = prices.pct_change(fill_method=None).iloc[1:]
-    bench = None if benchmark is None else benchmark.pct_change(fill_method=None).iloc[1:]
+    returns = returns_from_prices(prices)
+    bench = None if benchmark is None else returns_from_prices(benchmark)
     return from_returns_frame(returns, source=source, benchmark=bench)
 
 
-def load_bundled_sp500(days: int | None = 500) -> Dataset:
+def skfolio_bundled_csv(name: str) -> pd.DataFrame:
+    """One of skfolio's bundled CSV files, read as `skfolio.datasets` reads it, but without
+    importing skfolio (which pulls in sklearn, scipy.stats and cvxpy: ~3-6 s per run)."""
+    import gzip
+    import importlib.util
+    spec = importlib.util.find_spec("skfolio")     # a top-level find_spec imports nothing
+    path = Path(spec.origin).parent / "datasets" / "data" / name
+    with gzip.open(path, mode="rt", encoding="utf-8") as fh:
+        frame = pd.read_csv(fh, sep=",", index_col=0)
+    frame.index = pd.to_datetime(frame.index, format="%Y-%m-%d")
+    return frame
+
+
+def returns_from_prices(prices: pd.DataFrame | pd.Series) -> pd.DataFrame | pd.Series:
+    """Row t = p_t / (last price known before t) - 1; NaN on a day without a price.
+
+    The first row (no previous price) is dropped. Before an asset's first price there is
+    no last price either, so those days stay NaN (not listed)."""
+    last_known = prices.ffill().shift(1)
+    return (prices / last_known - 1).iloc[1:]
+
+
+def load_bundled_sp500(days: int | None = DEFAULT_SP500_DAYS) -> Dataset:
     """skfolio's bundled S&P 500 data (20 real stocks, daily, offline) + the index."""
-    from skfolio.datasets import load_sp500_dataset, load_sp500_index
-    prices = load_sp500_dataset()
-    index = load_sp500_index().iloc[:, 0].rename("SP500")
+    prices = skfolio_bundled_csv("sp500_dataset.csv.gz")
+    index = skfolio_bundled_csv("sp500_index.csv.gz").iloc[:, 0].rename("SP500")
     if days is not None:
         prices, index = prices.iloc[-(days + 1):], index.iloc[-(days + 1):]
     return from_prices_frame(prices, source=BUNDLED, benchmark=index)
@@ -152,23 +191,49 @@ def load_file(path: str | Path, *, kind: str = "prices") -> Dataset:
     return from_returns_frame(frame, source=src)
 
 
-def load_dataset(data: str = BUNDLED, *, days: int | None = 500, kind: str = "prices",
-                 synthetic_shape: tuple[int, int] = (1000, 100), seed: int = 7) -> Dataset:
-    """Resolve the CLI's `--data sp500|synthetic|PATH` (+ `--days`)."""
+def synthetic_shape(data: str) -> tuple[int, int]:
+    """(DAYS, ASSETS) of `synthetic[:DAYSxASSETS]`."""
+    if ":" not in data:
+        return SYNTHETIC_SHAPE
+    try:
+        t, n = data.split(":", 1)[1].lower().split("x")
+        return int(t), int(n)
+    except ValueError:
+        raise DataError(f"data error in {data}: expected synthetic:DAYSxASSETS, "
+                        "e.g. synthetic:2500x500") from None
+
+
+def default_days(data: str) -> int | None:
+    """The default length of a source (module docstring table); None = every row."""
+    if data == BUNDLED:
+        return DEFAULT_SP500_DAYS
+    if data == SYNTHETIC or data.startswith(SYNTHETIC + ":"):
+        return synthetic_shape(data)[0]
+    return None
+
+
+def resolve_days(data: str, days: int | None) -> int | None:
+    """`days` as given by a caller: None = the source's default; 0 = the whole history."""
+    if days is None:
+        return default_days(data)
+    return days or None
+
+
+def load_dataset(data: str = BUNDLED, *, days: int | None = None, kind: str = "prices",
+                 seed: int = 7) -> Dataset:
+    """Resolve the CLI's `--data sp500|synthetic[:DAYSxASSETS]|PATH` (+ `--days`).
+
+    `days=None` gives the source's default length (`default_days`), `days=0` the whole
+    history, a number the last `days` rows. A synthetic series is generated at its declared
+    DAYS and trimmed from the end, so `--days` never changes the values of the days it keeps."""
+    days = resolve_days(data, days)
     if data == BUNDLED:
         return load_bundled_sp500(days)
     if data == SYNTHETIC or data.startswith(SYNTHETIC + ":"):
-        shape = synthetic_shape
-        if ":" in data:  # synthetic:TxN
-            try:
-                t, n = data.split(":", 1)[1].lower().split("x")
-                shape = (int(t), int(n))
-            except ValueError:
-                raise DataError(f"data error in {data}: expected synthetic:DAYSxASSETS, "
-                                "e.g. synthetic:2500x500") from None
-        n_days = shape[0] if days is None else days
-        return make_synthetic(n_days, shape[1], seed=seed)
-    ds = load_file(data, kind=kind)
+        n_days, n_assets = synthetic_shape(data)
+        ds = make_synthetic(n_days, n_assets, seed=seed)
+    else:
+        ds = load_file(data, kind=kind)
     if days is not None and ds.n_days > days:
         ds = _tail(ds, days)
     return ds

@@ -17,7 +17,8 @@ from .cube import Cell
 from .registry import module_of
 
 STAGE1_SHARED_MODULES = ("tournament.stage1", "tournament.selection", "tournament.estimation",
-                         "tournament.windows", "tournament.engines.base")
+                         "tournament.windows", "tournament.engines.base",
+                         "tournament.acceptance")
 STAGE2_SHARED_MODULES = ("tournament.stage2", "tournament.simulators.base",
                          "tournament.simulators.orders", "tournament.simulators.custom")
 
@@ -80,3 +81,21 @@ def cache_key(parts: dict) -> str:
 def explain_difference(a: dict, b: dict) -> list[str]:
     """Names of the key parts that differ between two key-part mappings."""
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+OUTPUT_MODULES = {"statistics": ("tournament.leaderboard", "tournament.stats",
+                                  "tournament.confidence", "tournament.strategy_paths"),
+                  "charts": ("tournament.report",)}
+
+
+def outputs_key(kind: str, *frames, extra=None) -> str:
+    """Key of a run's derived outputs (statistics, report charts): the digest of the frames
+    they are computed from, plus the code that computes them. Unchanged results -> reused."""
+    import pandas as pd
+    h = hashlib.sha256()
+    for frame in frames:
+        h.update(repr((list(frame.columns), [str(t) for t in frame.dtypes])).encode())
+        h.update(pd.util.hash_pandas_object(frame, index=False).values.tobytes())
+    parts = {"frames": h.hexdigest(), "extra": extra,
+             "code": [source_digest(m) for m in OUTPUT_MODULES[kind]]}
+    return f"out-{kind}-{digest_of(parts)}"

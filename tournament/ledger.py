@@ -6,7 +6,8 @@ One JSON object per line. Every entry carries
   event   "intent" | "outcome" | "seal"
   kind    "cell" (Stage 1 cell) | "simulation" (Stage 2 row) | "run" (seal only)
   key     what the entry is about (see `cell_key` / `simulation_key`)
-  status  outcomes only: ok | failed | unsupported
+  status  outcomes only: ok | failed | unsupported | fallback (a cell that could not be
+          solved and was resolved by the declared `on_infeasible` policy)
   detail  free JSON-able mapping
   ts      UTC ISO timestamp
   prev    `hash` of the previous entry (GENESIS for the first one)
@@ -22,7 +23,8 @@ elsewhere, e.g. in manifest.json, and pass it to `verify_ledger(expected_head=..
 
 The invariant checked by `verify_ledger`: every intent is followed by exactly one outcome of
 the same (kind, key) and every outcome answers a pending intent, so
-``intents == ok + failed + unsupported``.
+``intents == ok + failed + unsupported + fallback``. Counts of `fallback` appear only when a
+run has one, so ledgers written before that status existed still verify.
 
 Single writer: appends open the file O_APPEND, take an exclusive flock, write and fsync
 (`Ledger.batch()` groups many entries into one write + fsync); existing lines are never
@@ -46,7 +48,8 @@ import pandas as pd
 
 GENESIS = "0" * 64
 KINDS = ("cell", "simulation")
-STATUSES = ("ok", "failed", "unsupported")
+CORE_STATUSES = ("ok", "failed", "unsupported")
+STATUSES = (*CORE_STATUSES, "fallback")
 LEDGER_FILE = "ledger.jsonl"
 
 __all__ = ["Ledger", "LedgerError", "LedgerReport", "verify_ledger", "write_ledger_for_run",
@@ -175,7 +178,7 @@ class Ledger:
 
 
 def _empty_counts() -> dict:
-    return {"intents": 0, "outcomes": 0, **{s: 0 for s in STATUSES}}
+    return {"intents": 0, "outcomes": 0, **{s: 0 for s in CORE_STATUSES}}
 
 
 # ---------------------------------------------------------------------- verification
@@ -184,7 +187,7 @@ class LedgerReport:
     path: str
     n_entries: int = 0
     intents: int = 0
-    outcomes: dict[str, int] = field(default_factory=lambda: {s: 0 for s in STATUSES})
+    outcomes: dict[str, int] = field(default_factory=lambda: {s: 0 for s in CORE_STATUSES})
     by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
     chain_ok: bool = True
     balanced: bool = True          # intents == ok + failed + unsupported, pairwise
@@ -261,7 +264,7 @@ def verify_ledger(path: str | Path, *, require_seal: bool = True,
         if kind not in KINDS:
             rep.errors.append(f"line {lineno}: unknown kind {kind!r}")
             continue
-        bk = rep.by_kind.setdefault(kind, {"intents": 0, **{s: 0 for s in STATUSES}})
+        bk = rep.by_kind.setdefault(kind, {"intents": 0, **{s: 0 for s in CORE_STATUSES}})
         if event == "intent":
             rep.intents += 1
             bk["intents"] += 1
@@ -276,10 +279,10 @@ def verify_ledger(path: str | Path, *, require_seal: bool = True,
             if status not in STATUSES:
                 rep.errors.append(f"line {lineno}: unknown status {status!r}")
                 continue
-            rep.outcomes[status] += 1
-            bk[status] += 1
+            rep.outcomes[status] = rep.outcomes.get(status, 0) + 1
+            bk[status] = bk.get(status, 0) + 1
             segment["outcomes"] += 1
-            segment[status] += 1
+            segment[status] = segment.get(status, 0) + 1
             if pending[(kind, key)] <= 0:
                 rep.balanced = False
                 rep.errors.append(f"line {lineno}: outcome for {kind} {key} without an intent")
@@ -325,9 +328,16 @@ def _num(x) -> float | None:
 
 
 def write_ledger_for_run(path: str | Path, cube, results: pd.DataFrame, *,
-                         run_id: str | None = None) -> str:
+                         run_id: str | None = None, cells: bool = True,
+                         detail: dict | None = None) -> str:
     """Record one intent + one outcome per Stage 1 cell and per results row; seal; return
-    the head hash (store it in the manifest to detect later truncation).
+    the head hash (store it in the manifest to detect later truncation). The entries form
+    one new sealed segment appended after any earlier ones (a rerun into the same run
+    directory appends; nothing is rewritten).
+
+    * `cells=False`: no cell entries (Stage 1 was not run: `tournament simulate` adds
+      simulations to an existing cube), and `results` holds only the rows this step wrote.
+      The seal's detail says so (`cells: 0`, plus `detail`, e.g. the simulated pairs).
 
     * Cells: kind "cell", key "YYYY-MM-DD/selection/engine/profile", outcome status = the
       cell's status, detail = reason, solver, solve_seconds, n_selected.
@@ -344,13 +354,14 @@ def write_ledger_for_run(path: str | Path, cube, results: pd.DataFrame, *,
     """
     ledger = Ledger(path)
     with ledger.batch():
-        _record_run(ledger, cube, results, run_id)
+        _record_run(ledger, cube, results, run_id, cells=cells, seal_detail=detail)
     return ledger.head
 
 
-def _record_run(ledger: Ledger, cube, results: pd.DataFrame, run_id: str | None) -> None:
-    cells = cube.cells
-    for row in cells.to_dict("records"):
+def _record_run(ledger: Ledger, cube, results: pd.DataFrame, run_id: str | None, *,
+                cells: bool = True, seal_detail: dict | None = None) -> None:
+    recorded = cube.cells if cells else cube.cells.iloc[0:0]
+    for row in recorded.to_dict("records"):
         key = cell_key(row)
         ledger.intent("cell", key, {"window_start": str(pd.Timestamp(row["window_start"]).date()),
                                     "window_end": str(pd.Timestamp(row["window_end"]).date()),
@@ -358,6 +369,8 @@ def _record_run(ledger: Ledger, cube, results: pd.DataFrame, run_id: str | None)
                                     "profile": row["profile"]})
         ledger.outcome("cell", key, row["status"],
                        {"reason": row["reason"], "solver": row["solver"],
+                        "solver_status": row.get("solver_status", ""),
+                        "policy": row.get("policy", ""),
                         "solve_seconds": _num(row["solve_seconds"]),
                         "n_selected": int(row["n_selected"])})
     st = cube.strategies()
@@ -377,4 +390,5 @@ def _record_run(ledger: Ledger, cube, results: pd.DataFrame, run_id: str | None)
             out.update(sharpe=_num(row.get("sharpe")), final_equity=_num(row.get("final_equity")),
                        sim_seconds=_num(row.get("sim_seconds")))
         ledger.outcome("simulation", key, row["status"], out)
-    ledger.seal({"run_id": run_id, "cells": int(len(cells)), "simulations": int(len(results))})
+    ledger.seal({**(seal_detail or {}), "run_id": run_id, "cells": int(len(recorded)),
+                 "simulations": int(len(results))})

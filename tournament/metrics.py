@@ -1,12 +1,18 @@
 """Performance metrics, computed one way for every simulator. No clipping anywhere.
 
-Inputs are one strategy's daily net returns over its horizon (day 0 = initial buy-in cost),
-its one-way turnover and costs per day, and the horizon index of each rebalance day.
-Annualisation uses `periods` trading days per year (252 by default).
+Inputs are one strategy's daily net returns over its horizon, its one-way turnover and costs
+per day, and the horizon index of each rebalance day. Annualisation uses `periods` trading
+days per year (252 by default).
 
-* CAGR is geometric: (1 + total)^(periods / n_days) - 1, and only reported when the path has
-  at least MIN_DAYS_TO_ANNUALISE days (half a year); shorter paths get NaN, because
-  annualising a few weeks turns noise into absurd rates.
+Period counting: day 0 is the buy-in at the first rebalance's close; its return is the
+buy-in cost only (nothing is held yet). Days 1..T are the held days. The buy-in cost stays
+in total return, CAGR, final equity, max drawdown and costs; every per-day statistic
+(volatility, Sharpe, Sortino, VaR, CVaR, win rate) uses the T held days only, so a cost-only
+day does not enter a return distribution.
+
+* CAGR is geometric: (1 + total)^(periods / T) - 1 with T held days, and only reported when
+  T >= MIN_DAYS_TO_ANNUALISE (half a year); shorter paths get NaN, because annualising a
+  few weeks turns noise into absurd rates.
 * Sharpe / Sortino use daily mean excess return over `risk_free` (daily), sample std (ddof=1)
   and the downside deviation below 0, times sqrt(periods). Zero dispersion -> NaN.
 * Max drawdown is on the compounded equity curve starting from 1.0 (a positive fraction).
@@ -63,11 +69,13 @@ def sortino_ratio(returns: np.ndarray, *, periods: int = 252, risk_free: float =
     return float(r.mean() / downside * math.sqrt(periods)) if downside > 0 else math.nan
 
 
-def cagr(returns: np.ndarray, *, periods: int = 252) -> float:
+def cagr(returns: np.ndarray, *, periods: int = 252, held_days: int | None = None) -> float:
+    """Geometric annual growth of `returns` over `held_days` (default: every entry)."""
     r = np.asarray(returns, dtype=float)
-    if r.size < MIN_DAYS_TO_ANNUALISE:
+    days = r.size if held_days is None else held_days
+    if days < MIN_DAYS_TO_ANNUALISE:
         return math.nan
-    return float(np.prod(1 + r) ** (periods / r.size) - 1)
+    return float(np.prod(1 + r) ** (periods / days) - 1)
 
 
 def window_stats(returns: np.ndarray, window_starts: np.ndarray, *, periods: int = 252,
@@ -92,10 +100,11 @@ def compute_metrics(net_returns: np.ndarray, turnover: np.ndarray, costs: np.nda
                     risk_free: float = 0.0) -> dict[str, float]:
     """All scalar metrics of one strategy path (see module docstring for definitions)."""
     r = np.asarray(net_returns, dtype=float)
+    held = r[1:]                                            # days 1..T (day 0 = buy-in)
     to = np.asarray(turnover, dtype=float)
     n = r.size
     total = float(np.prod(1 + r) - 1)
-    growth = cagr(r, periods=periods)
+    growth = cagr(r, periods=periods, held_days=n - 1)
     mdd = max_drawdown(r)
     traded_days = np.flatnonzero(to[1:] > 0) + 1           # rebalances after the buy-in
     _, w_sharpe = window_stats(r, window_starts, periods=periods, risk_free=risk_free)
@@ -103,18 +112,18 @@ def compute_metrics(net_returns: np.ndarray, turnover: np.ndarray, costs: np.nda
     return {
         "total_return": total,
         "cagr": growth,
-        "volatility": float(r.std(ddof=1) * math.sqrt(periods)) if n > 1 else math.nan,
-        "sharpe": sharpe_ratio(r, periods=periods, risk_free=risk_free),
-        "sortino": sortino_ratio(r, periods=periods, risk_free=risk_free),
+        "volatility": float(held.std(ddof=1) * math.sqrt(periods)) if n > 2 else math.nan,
+        "sharpe": sharpe_ratio(held, periods=periods, risk_free=risk_free),
+        "sortino": sortino_ratio(held, periods=periods, risk_free=risk_free),
         "max_drawdown": mdd,
         "calmar": growth / mdd if mdd > 0 and math.isfinite(growth) else math.nan,
-        "var_95": value_at_risk(r, 0.95),
-        "cvar_95": conditional_value_at_risk(r, 0.95),
+        "var_95": value_at_risk(held, 0.95) if n > 1 else math.nan,
+        "cvar_95": conditional_value_at_risk(held, 0.95) if n > 1 else math.nan,
         "turnover": float(to[1:].sum() / max(n - 1, 1) * periods),
         "turnover_per_rebalance": float(to[traded_days].mean()) if traded_days.size else 0.0,
         "n_rebalances": int(traded_days.size),
         "costs": float(np.sum(costs)),
-        "win_rate": float(np.mean(r[1:] > 0)) if n > 1 else math.nan,
+        "win_rate": float(np.mean(held > 0)) if n > 1 else math.nan,
         "n_days": int(n),
         "final_equity": float(np.prod(1 + r)),
         "window_sharpe_mean": float(finite.mean()) if finite.size else math.nan,

@@ -56,7 +56,7 @@ def run_legacy(dataset: Dataset, config: TournamentConfig, *, progress=None) -> 
                 cells = [Cell(w.index, *key) for w in windows]
                 results = solve_cells(dataset.returns, windows, cells, config)  # re-solved
                 all_cells.extend(results)
-                cube = assemble_cube(dataset, windows, results)
+                cube = assemble_cube(dataset, windows, results, config)
                 if cube.strategies()["status"].iloc[0] != OK:
                     continue
                 sims.append(simulate_pair(dataset.returns, dataset.dates, cube, [key],
@@ -66,7 +66,7 @@ def run_legacy(dataset: Dataset, config: TournamentConfig, *, progress=None) -> 
                     progress()
     # One cube for the outputs (every cell once; the loop above solved each many times).
     unique = {r.cell: r for r in all_cells}
-    cube = assemble_cube(dataset, windows, list(unique.values()))
+    cube = assemble_cube(dataset, windows, list(unique.values()), config)
     for rebalance in config.rebalances:
         bench = simulate_benchmark(dataset, cube, config, rebalance)
         if bench is not None:

@@ -30,13 +30,33 @@ REFERENCE_SIMULATOR = "custom"
 # Metrics shown in the leaderboard (when present), then any extra statistics columns.
 BOARD_METRICS = ["sharpe", "cagr", "volatility", "max_drawdown", "turnover", "costs",
                  "final_equity"]
-KNOWN_EXTRAS = ["dsr", "pbo", "friction_decay", "temporal_fragility", "kendall_tau"]
+KNOWN_EXTRAS = ["dsr", "pbo", "mcs", "mcs_pvalue", "spa_pvalue", "stepm", "friction_decay",
+                "temporal_fragility", "kendall_tau"]
+# The measure behind each column: the confidence set is about mean return while the
+# leaderboard sorts by Sharpe, so the report says which one each column uses.
+COLUMN_MEASURES = {
+    "sharpe": "annualised Sharpe ratio of daily net returns; the leaderboard's sort key",
+    "dsr": "Sharpe ratio: probability the true Sharpe beats the expected best of n_trials "
+           "zero-skill trials (deflated Sharpe)",
+    "dsr_effective": "Sharpe ratio: the same with the effective (clustered) number of trials",
+    "pbo": "Sharpe ratio: probability that the in-sample best is below the median out of sample (CSCV)",
+    "mcs": "mean daily net return: in the 95% model confidence set of the best strategies",
+    "mcs_pvalue": "mean daily net return: smallest size at which the strategy stays in the set",
+    "spa_pvalue": "mean daily net return: Hansen's SPA p-value for 'no strategy of this rebalance "
+                  "mode beats all/baseline/equal_weight'",
+    "stepm": "mean daily net return: beats all/baseline/equal_weight (same rebalance mode) "
+             "after the Romano-Wolf step-down",
+    "friction_decay": "Sharpe ratio: 1 - Sharpe(highest-fidelity simulator) / Sharpe(custom)",
+    "temporal_fragility": "Sharpe ratio per window: std / |mean| across windows",
+    "kendall_tau": "Sharpe ratio ranks: agreement of this simulator's ranking with custom's",
+}
 # Columns of results.parquet that are not "extra statistics" (everything else is shown).
 BASE_COLUMNS = set(KEYS) | {"status", "reason", "sim_seconds", "total_return", "sortino",
                             "calmar", "var_95", "cvar_95", "turnover_per_rebalance",
                             "n_rebalances", "win_rate", "n_days", "window_sharpe_mean",
-                            "window_sharpe_std"} | set(BOARD_METRICS)
-PERCENT = {"cagr", "volatility", "max_drawdown", "total_return", "costs"}
+                            "window_sharpe_std", "race_tier", "race_promoted",
+                            "race_reason"} | set(BOARD_METRICS)
+PERCENT = {"cagr", "volatility", "max_drawdown", "total_return", "costs", "mean_return_ann"}
 
 
 # ============================================================================ loading
@@ -131,7 +151,7 @@ def failures_frames(results: pd.DataFrame, cells: pd.DataFrame) -> tuple[pd.Data
     Stage 2 rows not ok, grouped with the (rebalance/simulator) pairs they affect)."""
     cell_rows = pd.DataFrame()
     if not cells.empty and "status" in cells:
-        bad = cells[cells["status"] != "ok"].copy()
+        bad = cells[~cells["status"].isin(["ok", "fallback"])].copy()   # fallbacks: own section
         if not bad.empty:
             bad["reason"] = bad.get("reason", pd.Series("", bad.index)).fillna("").astype(str)
             cols = [c for c in (*STRATEGY, "status", "reason") if c in bad]
@@ -151,6 +171,15 @@ def failures_frames(results: pd.DataFrame, cells: pd.DataFrame) -> tuple[pd.Data
                            .agg(pairs=("pair", lambda s: ", ".join(sorted(s))))
                            .reset_index())
     return cell_rows, result_rows
+
+
+def fallback_frame(cells: pd.DataFrame) -> pd.DataFrame:
+    """Every window resolved by the on_infeasible policy: date, strategy, policy, reason."""
+    if cells.empty or "status" not in cells:
+        return pd.DataFrame()
+    fb = cells[cells["status"] == "fallback"]
+    cols = [c for c in ("window_start", *STRATEGY, "policy", "solver_status", "reason") if c in fb]
+    return fb.sort_values([*STRATEGY, "window_start"], kind="stable")[cols].reset_index(drop=True)
 
 
 def status_counts(frame: pd.DataFrame) -> dict[str, int]:
@@ -366,6 +395,7 @@ table.kv th{width:220px}.scroll{overflow-x:auto}
 border-radius:6px;padding:8px 14px;min-width:120px}.card b{display:block;font-size:1.4em}
 .ok b{color:#1a7f37}.failed b{color:#cf222e}.unsupported b{color:#9a6700}
 .muted{color:#6a737d}img{max-width:100%;border:1px solid #dde3ea;background:#fff;margin:6px 0}
+.headline{font-size:1.15em;font-weight:600}
 pre{background:#fff;border:1px solid #dde3ea;padding:8px;overflow-x:auto;font-size:.8em}
 """
 
@@ -374,6 +404,51 @@ def _cards(title: str, counts: dict[str, int]) -> str:
     items = "".join(f'<div class="card {_esc(k)}"><b>{_esc(v)}</b>{_esc(k)}</div>'
                     for k, v in counts.items())
     return f"<h3>{_esc(title)}</h3><div class=cards>{items}</div>"
+
+
+def confidence_view(run: dict) -> dict[str, Any] | None:
+    """What the report says about the confidence set: the opening sentence, the strategies
+    in the set (best first) with the measures behind it, the StepM winners, the SPA p-value
+    per rebalance mode and the bootstrap settings. None when results.parquet has no
+    confidence columns (a run directory written before them)."""
+    from .confidence import STRATEGY_KEYS, confidence_sentence, confidence_summary
+    results, returns = run["results"], run["returns"]
+    summary = confidence_summary(results)
+    if not summary["available"]:
+        return None
+    settings = (run["manifest"] or {}).get("confidence") or {}
+    keys = list(STRATEGY_KEYS)
+    ok = _ok(results)
+    sim = settings.get("simulator")
+    rows = ok[ok["simulator"] == sim] if sim in set(ok["simulator"]) else ok
+    rows = rows[rows["mcs"].notna()].drop_duplicates(keys)
+    if not returns.empty and "net_return" in returns:
+        part = returns[returns["simulator"] == rows["simulator"].iloc[0]] if len(rows) else returns
+        periods = ((run["manifest"] or {}).get("config") or {}).get("annualization", 252)
+        mean = part.groupby(keys)["net_return"].mean().rename("mean_return_ann") * periods
+        rows = rows.join(mean, on=keys)
+    cols = [*keys, "mcs_pvalue", "stepm", *[c for c in ("mean_return_ann", "sharpe", "cagr")
+                                           if c in rows]]
+    in_set = rows[rows["mcs"].astype("boolean").fillna(False).to_numpy(dtype=bool)]
+    in_set = in_set.sort_values("mcs_pvalue", ascending=False, kind="stable")[cols]
+    spa = (rows.dropna(subset=["spa_pvalue"]).drop_duplicates("rebalance")
+           .set_index("rebalance")["spa_pvalue"].to_dict())
+    measure = ("All four columns (mcs, mcs_pvalue, spa_pvalue, stepm) are about mean daily net "
+               "return (loss = negative daily net return), not Sharpe; the leaderboard sorts by "
+               "Sharpe, so a strategy can lead it and be outside the set.")
+    if settings:
+        measure += (f" Paths of simulator {settings.get('simulator')} over {settings.get('n_obs')}"
+                    f" days, {settings.get('bootstrap')} bootstrap with mean block "
+                    f"{settings.get('block_size')} days, {settings.get('reps')} replications, "
+                    f"seed {settings.get('seed')}, MCS size {settings.get('mcs_size')}, StepM "
+                    f"size {settings.get('stepm_size')} (arch {settings.get('arch')}).")
+    return {"sentence": confidence_sentence(summary["n_in_mcs"], summary["n_stepm"]),
+            "in_set": in_set, "stepm": summary["stepm"], "spa": spa, "measure": measure,
+            "notes": settings.get("notes") or [], "n_strategies": summary["n_strategies"]}
+
+
+def _measures(results: pd.DataFrame) -> list[tuple[str, str]]:
+    return [(c, m) for c, m in COLUMN_MEASURES.items() if c in results.columns]
 
 
 def _summary_items(run: dict) -> list[tuple[str, Any]]:
@@ -398,6 +473,31 @@ def _summary_items(run: dict) -> list[tuple[str, Any]]:
     return [(k, v) for k, v in items if v not in (None, "")]
 
 
+def race_view(man: dict) -> dict[str, Any] | None:
+    """A race's summary (manifest `race`, tournament.race): the sentence, one row per tier."""
+    race = man.get("race")
+    if not race:
+        return None
+    st = race.get("settings", {})
+    n, cap = race.get("n_strategies", 0), race.get("cap", 0)
+    first = (race.get("tiers") or [{}])[0]
+    mcs = race.get("mcs", {})
+    sentence = (f"Racing: {n} strategies ran on the cheapest tier; promotions out of each "
+                f"tier take the top {st.get('top_k')} plus the model confidence set "
+                f"({mcs.get('n_in_mcs', '?')} strategies, on {mcs.get('simulator', '?')}); "
+                f"that set held {first.get('set_size', '?')} at the first promotion, "
+                f"capped at {cap} ({st.get('cap', 0):g} x {n}). A tier whose ranking agrees "
+                f"with the previous one's below Kendall tau {st.get('min_tau')} is not used "
+                f"to rank ({st.get('on_disagreement')}). The statistics (DSR trials, PBO, "
+                "confidence set) use the complete cheapest tier.")
+    cols = ["tier", "simulators", "ranked_by", "n_ran", "tau", "tau_against", "n_compared",
+            "reliable", "action", "set_size", "cap", "n_promoted", "next_tier", "seconds"]
+    rows = [{c: (", ".join(t[c]) if c == "simulators" else t.get(c)) for c in cols}
+            for t in race.get("tiers", [])]
+    return {"sentence": sentence, "tiers": pd.DataFrame(rows, columns=cols),
+            "messages": [t.get("message", "") for t in race.get("tiers", [])]}
+
+
 def _num(v):
     try:
         return float(v)
@@ -413,7 +513,27 @@ def _board_columns(results: pd.DataFrame) -> list[str]:
     return ["rank", *KEYS, *[c for c in BOARD_METRICS if c in results], *extra_columns(results)]
 
 
-def render_html(run_dir: str | Path, *, top: int = 10) -> str:
+def chart_images(results: pd.DataFrame, returns: pd.DataFrame) -> dict[str, str]:
+    """Every chart of the report as base64 PNG, by name (`equity/SIM`, `heatmap/SEL/SIM`).
+    Drawing them is most of a report's cost, and they depend only on these two frames, so
+    the flow caches them by the frames' digest."""
+    if results.empty:
+        return {}
+    simulators = sorted(results["simulator"].dropna().unique())
+    selections = [s for s in dict.fromkeys(results["selection"]) if s != "benchmark"]
+    out = {}
+    for sim in simulators:
+        if png := equity_chart(returns, results, sim):
+            out[f"equity/{sim}"] = png
+        for sel in selections:
+            if png := heatmap_chart(results, sel, sim):
+                out[f"heatmap/{sel}/{sim}"] = png
+    return out
+
+
+def render_html(run_dir: str | Path, *, top: int = 10,
+                charts: dict[str, str] | None = None) -> str:
+    """The report page; `charts` (from chart_images) skips drawing when already known."""
     run = load_run(run_dir)
     results, returns, cells, man = run["results"], run["returns"], run["cells"], run["manifest"]
     simulators = (sorted(results["simulator"].dropna().unique(),
@@ -423,8 +543,30 @@ def render_html(run_dir: str | Path, *, top: int = 10) -> str:
                   if not results.empty else [])
     sections = []
 
-    # --- summary
-    body = kv_table(_summary_items(run))
+    # --- summary: opens with the confidence-set sentence, then the list behind it
+    conf = confidence_view(run)
+    if conf is None:
+        body = ('<p class="muted">No confidence set: results.parquet has no mcs / stepm '
+                "columns.</p>")
+    else:
+        body = (f'<p class="headline" id="confidence-sentence">{_esc(conf["sentence"])}</p>'
+                f'<p class="muted">{_esc(conf["measure"])}</p>'
+                f"<h3>In the 95% model confidence set ({len(conf['in_set'])} of "
+                f"{conf['n_strategies']}, best first)</h3>"
+                + html_table(conf["in_set"], empty="none")
+                + f"<h3>Beat equal weight after the Romano-Wolf step-down "
+                  f"({len(conf['stepm'])})</h3>"
+                + (f"<p>{_esc(', '.join(conf['stepm']))}</p>" if conf["stepm"]
+                   else '<p class="muted">none</p>')
+                + "<h3>SPA p-value per rebalance mode (H0: no strategy beats "
+                  "all/baseline/equal_weight)</h3>" + kv_table(conf["spa"].items())
+                + "".join(f'<p class="muted">{_esc(n)}</p>' for n in conf["notes"]))
+    race = race_view(man)
+    if race is not None:
+        body += (f'<h3>Multi-fidelity race</h3><p id="race-sentence">{_esc(race["sentence"])}'
+                 "</p>" + html_table(race["tiers"], empty="no tiers")
+                 + "".join(f'<p class="muted">{_esc(m)}</p>' for m in race["messages"]))
+    body += kv_table(_summary_items(run))
     body += _cards("Stage 2 results (strategy x rebalance x simulator)", status_counts(results))
     body += _cards("Stage 1 cells (window x selection x engine x profile)", status_counts(cells))
     if man.get("cache"):
@@ -437,6 +579,8 @@ def render_html(run_dir: str | Path, *, top: int = 10) -> str:
     body = (f'<p class="muted">Top {top} ok strategies by Sharpe for each simulator; baselines '
             "(raw-pool equal weight, S&amp;P 500 buy-and-hold) highlighted below them.</p>")
     cols = _board_columns(results)
+    if _measures(results):
+        body += "<h3>The measure behind each column</h3>" + kv_table(_measures(results))
     for sim in simulators:
         board = leaderboard_frame(results, top=top, simulator=sim)
         bench = leaderboard_frame(results[results["selection"] == "benchmark"], top=0)
@@ -451,8 +595,9 @@ def render_html(run_dir: str | Path, *, top: int = 10) -> str:
 
     # --- equity curves
     body = ""
+    charts = chart_images(results, returns) if charts is None else charts
     for sim in simulators:
-        png = equity_chart(returns, results, sim)
+        png = charts.get(f"equity/{sim}")
         if png:
             body += _img(png, f"equity curves {sim}")
     sections.append(_section("equity", "Equity curves", body or '<p class="muted">no returns</p>'))
@@ -461,7 +606,7 @@ def render_html(run_dir: str | Path, *, top: int = 10) -> str:
     body = ""
     for sel in selections:
         for sim in simulators:
-            png = heatmap_chart(results, sel, sim)
+            png = charts.get(f"heatmap/{sel}/{sim}")
             if png:
                 body += f"<h3>{_esc(sel)} / {_esc(sim)}</h3>" + _img(png, f"sharpe heatmap {sel} {sim}")
     sections.append(_section("heatmaps", "Sharpe heatmaps",
@@ -488,6 +633,12 @@ def render_html(run_dir: str | Path, *, top: int = 10) -> str:
             + "<h3>Stage 2 results not ok (results.parquet)</h3>"
             + html_table(result_rows, empty="every simulation ok"))
     sections.append(_section("failures", "Failed and unsupported", body))
+    fallbacks = fallback_frame(cells)
+    body = ("<p>Windows that could not be solved and were resolved by the declared "
+            "<code>on_infeasible</code> policy (not failures; results rows count them in "
+            "<code>fallback_windows</code>).</p>"
+            + html_table(fallbacks, empty="no fallback windows"))
+    sections.append(_section("fallbacks", f"Fallback windows ({len(fallbacks)})", body))
 
     # --- manifest
     body = kv_table([("run id", man.get("run_id")), ("mode", man.get("mode")),
@@ -528,10 +679,11 @@ def render_html(run_dir: str | Path, *, top: int = 10) -> str:
             "</main></body></html>\n")
 
 
-def write_report(run_dir: str | Path, *, top: int = 10) -> Path:
+def write_report(run_dir: str | Path, *, top: int = 10,
+                 charts: dict[str, str] | None = None) -> Path:
     """Write `report.html` (self-contained) into the run directory; returns its path."""
     run = Path(run_dir)
-    text = render_html(run, top=top)
+    text = render_html(run, top=top, charts=charts)
     path = run / "report.html"
     fd, tmp = tempfile.mkstemp(dir=run, prefix=".report.html.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -570,6 +722,22 @@ def markdown_summary(run_dir: str | Path, *, top: int = 10) -> str:
     run = load_run(run_dir)
     results, cells, man = run["results"], run["cells"], run["manifest"]
     out = [f"# Tournament run {_md(man.get('run_id') or run['dir'].name)}", ""]
+    conf = confidence_view(run)
+    if conf is not None:
+        out += [f"**{_md(conf['sentence'])}**", "", _md(conf["measure"]), ""]
+        if not conf["in_set"].empty:
+            out += [_md_table(conf["in_set"].head(30), list(conf["in_set"].columns)), ""]
+            if len(conf["in_set"]) > 30:
+                out += [f"_... {len(conf['in_set']) - 30} more in report.html_", ""]
+        out += ["Beat equal weight (StepM): " + (_md(", ".join(conf["stepm"])) or "none"),
+                "", "SPA p-value per rebalance mode: " + (", ".join(
+                    f"{_md(k)} {_md(v, 'spa_pvalue')}" for k, v in conf["spa"].items())
+                    or "none"), ""]
+    race = race_view(man)
+    if race is not None:
+        out += [f"**{_md(race['sentence'])}**", "",
+                _md_table(race["tiers"], list(race["tiers"].columns)), ""]
+        out += [f"- {_md(m)}" for m in race["messages"]] + [""]
     for k, v in _summary_items(run):
         out.append(f"- **{_md(k)}**: {_md(v, k)}")
     r, c = status_counts(results), status_counts(cells)
@@ -583,6 +751,9 @@ def markdown_summary(run_dir: str | Path, *, top: int = 10) -> str:
     board = leaderboard_frame(results, top=top)
     out.append(_md_table(board, ["rank", *KEYS, *[m for m in BOARD_METRICS if m in board],
                                  *extra_columns(results)]) if not board.empty else "_no ok results_")
+    if _measures(results):
+        out += ["", "Measure behind each column:", ""]
+        out += [f"- **{_md(c)}**: {_md(m)}" for c, m in _measures(results)]
     out += ["", "## Failed and unsupported", ""]
     cell_rows, result_rows = failures_frames(results, cells)
     if cell_rows.empty and result_rows.empty:
@@ -595,6 +766,9 @@ def markdown_summary(run_dir: str | Path, *, top: int = 10) -> str:
         out += ["Stage 2 results:", "", _md_table(result_rows.head(30), [*STRATEGY, "status", "reason", "pairs"])]
         if len(result_rows) > 30:
             out.append(f"_... {len(result_rows) - 30} more groups in report.html_")
+    fallbacks = fallback_frame(cells)
+    out += ["", f"## Fallback windows ({len(fallbacks)})", ""]
+    out.append(_md_table(fallbacks, list(fallbacks.columns)) if not fallbacks.empty else "_none_")
     out += ["", "## Simulator agreement", ""]
     agree = agreement_frame(results)
     if agree.empty:

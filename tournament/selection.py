@@ -1,7 +1,9 @@
 """Universe selection, point-in-time: each mode sees only the training slice.
 
 Every selector takes a (days x assets) training slice (NaN = gap) and returns a boolean mask
-over all assets. Assets with any gap in the slice are never selected (that window only).
+over all assets. Assets with any gap in the slice, and assets whose returns are constant over
+the slice (a stale or forward-filled price: zero variance, no correlation), are never
+selected (that window only).
 """
 from __future__ import annotations
 
@@ -11,9 +13,15 @@ from .errors import ConfigError, unknown_name
 from .registry import SELECTIONS
 
 
+class SelectionError(RuntimeError):
+    """A selection could not produce an eligible universe for a window."""
+
+
 def eligible(train: np.ndarray) -> np.ndarray:
-    """Assets with a full history in this training slice."""
-    return ~np.isnan(train).any(axis=0)
+    """Assets with a full, non-constant history in this training slice."""
+    full = ~np.isnan(train).any(axis=0)
+    varies = (train != train[:1]).any(axis=0) if train.shape[0] else np.zeros(train.shape[1], bool)
+    return full & varies
 
 
 def _top(scores: np.ndarray, ok: np.ndarray, k: int, *, largest: bool) -> np.ndarray:

@@ -3,21 +3,31 @@
 Pure functions, chunk-friendly: the orchestration layer splits `plan_cells` into chunks,
 calls `solve_cells` on each (on any worker), and hands all results to `assemble_cube`.
 Point-in-time: a cell sees only rows `window.train_rows` of the returns.
+
+A cell that cannot produce valid weights (infeasible problem, solver error, a solver status
+the acceptance rule rejects, invalid weights, a selection that fails or leaves no eligible
+asset) is `failed` with its reason in `solve_cells`. `assemble_cube` then applies the
+declared `on_infeasible` policy to those cells, per strategy in window order (it needs the
+previous window, which may sit in another chunk): `hold` / `cash` turn them into `fallback`
+cells with the policy's weights, `fail` leaves them failed. `unsupported` (declared by the
+engine) is never resolved.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable
 
 import numpy as np
 
 from .config import TournamentConfig
-from .cube import FAILED, OK, UNSUPPORTED, Cell, CellResult, WeightsCube
+from .acceptance import INEXACT, accept_status, optimality_residual
+from .cube import FAILED, FALLBACK, OK, UNSUPPORTED, Cell, CellResult, WeightsCube
 from .data import Dataset
 from .engines.base import EngineError, EngineParams, check_weights
 from .faults import engine_fault
 from .registry import get_engine
-from .selection import select
+from .selection import SelectionError, select
 from .windows import Window, make_windows
 
 BASELINE = ("all", "baseline", "equal_weight")
@@ -44,7 +54,7 @@ def solve_cells(returns: np.ndarray, windows: list[Window], cells: Iterable[Cell
                 config: TournamentConfig) -> list[CellResult]:
     """Solve a chunk of cells. Never raises for a cell: failures become `failed` results."""
     out: list[CellResult] = []
-    selections: dict[tuple[int, str], np.ndarray] = {}
+    selections: dict[tuple[int, str], np.ndarray | Exception] = {}
     n_assets = returns.shape[1]
     for cell in cells:
         window = windows[cell.window]
@@ -57,37 +67,82 @@ def solve_cells(returns: np.ndarray, windows: list[Window], cells: Iterable[Cell
         train = returns[window.train_rows]           # point-in-time: training rows only
         key = (cell.window, cell.selection)
         if key not in selections:
-            selections[key] = select(cell.selection, train, top_k=config.top_k)
+            # Inside the per-cell handling: a selection error fails its cells, not the chunk.
+            try:
+                selections[key] = select(cell.selection, train, top_k=config.top_k)
+            except Exception as exc:  # noqa: BLE001 - recorded on every cell that needs it
+                selections[key] = SelectionError(f"selection {cell.selection!r} failed: "
+                                                 f"{type(exc).__name__}: {exc}")
         mask = selections[key]
         params = EngineParams(max_weight=1.0 if cell.engine == "baseline" else config.max_weight,
                               covariance=config.covariance, risk_free=config.risk_free)
         start = time.perf_counter()
+        engine.solver_, engine.solver_status_ = "", ""
+        residual = np.nan
         try:
+            if isinstance(mask, Exception):
+                raise mask
             if not mask.any():
-                raise RuntimeError("selection left no eligible assets")
-            engine.solver_ = ""
+                raise SelectionError("selection left no eligible assets")
             fault = engine_fault(cell)            # tests only (tournament.faults); None normally
             if fault == "raise":
                 raise EngineError("injected solver failure")
+            x = np.ascontiguousarray(train[:, mask])
             raw = np.full(int(mask.sum()), np.nan) if fault == "nan" else engine.weights(
-                np.ascontiguousarray(train[:, mask]), profile=cell.profile, params=params)
+                x, profile=cell.profile, params=params)
             w_sel = check_weights(raw, n=int(mask.sum()), max_weight=params.max_weight)
+            if engine.solver_status_ in INEXACT:    # the one status rule (tournament.acceptance)
+                residual = optimality_residual(x, cell.profile, w_sel, cap=params.max_weight,
+                                               method=params.covariance,
+                                               risk_free=params.risk_free)
+            accept_status(engine.solver_status_, residual, cell.profile)
             weights = np.zeros(n_assets)
             weights[mask] = w_sel
             out.append(CellResult(cell, OK, solver=engine.solver_,
-                                  solve_seconds=time.perf_counter() - start, weights=weights))
+                                  solve_seconds=time.perf_counter() - start, weights=weights,
+                                  solver_status=engine.solver_status_, residual=residual))
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, never substituted
             out.append(CellResult(cell, FAILED, reason=f"{type(exc).__name__}: {exc}",
                                   solver=getattr(engine, "solver_", ""),
                                   solve_seconds=time.perf_counter() - start,
-                                  weights=np.zeros(n_assets)))
+                                  weights=np.zeros(n_assets),
+                                  solver_status=getattr(engine, "solver_status_", ""),
+                                  residual=residual))
     return out
 
 
-def assemble_cube(dataset: Dataset, windows: list[Window], results: list[CellResult]) -> WeightsCube:
+def apply_infeasible_policy(results: list[CellResult], policy: str) -> list[CellResult]:
+    """Resolve `failed` cells by the declared policy (module docstring). Pure: new objects.
+
+    `hold` keeps the previous window's target (the resolved one, so a run of failed windows
+    keeps the last solved target), or cash when the strategy's first window failed;
+    `cash` holds the cash leg (zero weights); `fail` changes nothing."""
+    if policy == "fail":
+        return list(results)
+    out: list[CellResult] = []
+    previous: dict[tuple[str, str, str], np.ndarray] = {}
+    for r in sorted(results, key=lambda r: (r.cell.strategy, r.cell.window)):
+        if r.status == FAILED:
+            prev = previous.get(r.cell.strategy)
+            if policy == "hold" and prev is not None:
+                weights, applied = prev.copy(), "hold"
+            else:
+                weights = np.zeros_like(r.weights)
+                applied = "cash" if policy == "cash" else "hold (first window: cash)"
+            r = dataclasses.replace(r, status=FALLBACK, weights=weights, policy=applied)
+        if r.status in (OK, FALLBACK):
+            previous[r.cell.strategy] = r.weights
+        out.append(r)
+    return out
+
+
+def assemble_cube(dataset: Dataset, windows: list[Window], results: list[CellResult],
+                  config: TournamentConfig) -> WeightsCube:
+    """The cube of all cells, with `config.on_infeasible` applied to the failed ones."""
     starts = [dataset.dates[w.rebalance] for w in windows]
     ends = [dataset.dates[w.test_end] for w in windows]
-    return WeightsCube.from_results(results, assets=dataset.assets, window_starts=starts,
+    resolved = apply_infeasible_policy(results, config.on_infeasible)
+    return WeightsCube.from_results(resolved, assets=dataset.assets, window_starts=starts,
                                     window_ends=ends)
 
 
@@ -95,4 +150,4 @@ def run_stage1(dataset: Dataset, config: TournamentConfig) -> WeightsCube:
     """Notebook entry point: the whole of Stage 1 in this process."""
     windows = make_windows(dataset.n_days, config.windows)
     results = solve_cells(dataset.returns, windows, plan_cells(config, windows), config)
-    return assemble_cube(dataset, windows, results)
+    return assemble_cube(dataset, windows, results, config)

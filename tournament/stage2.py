@@ -3,7 +3,10 @@
 Pure functions. The orchestration layer calls `simulate_pair` per (pair, strategy chunk) on
 workers; `results_frame` turns the simulations into the leaderboard rows and daily returns.
 Strategies that are not `ok` in the cube are never simulated: they appear in the results with
-the cube's status and reason, under every pair.
+the cube's status and reason, under every pair. Every row carries `fallback_windows`, the
+number of the strategy's windows resolved by the `on_infeasible` policy (0 for the benchmark),
+and `sharpe_0bps`, the Sharpe ratio of the same strategy, rebalance mode and trades at zero
+costs (custom kernel), from which the leaderboard's `friction_decay` is measured.
 """
 from __future__ import annotations
 
@@ -13,9 +16,9 @@ import pandas as pd
 from .config import TournamentConfig
 from .cube import FAILED, OK, STRATEGY_KEYS, WeightsCube
 from .data import Dataset
-from .metrics import SCALAR_METRICS, compute_metrics
+from .metrics import SCALAR_METRICS, compute_metrics, sharpe_ratio
 from .registry import get_simulator
-from .simulators.base import SimulationResult
+from .simulators.base import SimulationResult, clean_returns
 from .simulators.custom import simulate_paths
 from .simulators.orders import build_orders, horizon_rows, orders_from_schedule
 
@@ -58,7 +61,8 @@ def simulate_pair(returns: np.ndarray, dates: pd.DatetimeIndex, cube: WeightsCub
 
 def simulate_benchmark(dataset: Dataset, cube: WeightsCube, config: TournamentConfig,
                        rebalance: str) -> SimulationResult | None:
-    """Buy-and-hold of the benchmark over the same horizon (custom kernel, 1 asset)."""
+    """Buy-and-hold of the benchmark over the same horizon (custom kernel, 1 asset): bought
+    once at the first rebalance's close and never traded again, whatever the mode."""
     if dataset.benchmark is None:
         return None
     rows, end = horizon_rows(cube, dataset.dates)
@@ -66,8 +70,10 @@ def simulate_benchmark(dataset: Dataset, cube: WeightsCube, config: TournamentCo
     targets = np.ones((1, len(rows), 1))
     orders = orders_from_schedule(targets, rows, end, keys=[BENCHMARK_KEY], returns=bench,
                                   rebalance="window", cost_rate=config.costs.rate)
+    buy_once = np.zeros_like(orders.trade)
+    buy_once[:, 0] = True
     paths = simulate_paths(np.nan_to_num(bench), orders.start, targets, orders.target_index,
-                           trade=orders.trade, cost_rate=config.costs.rate)
+                           trade=buy_once, cost_rate=config.costs.rate)
     return SimulationResult("custom", rebalance, [BENCHMARK_KEY],
                             pd.DatetimeIndex(dataset.dates[orders.start:end + 1]),
                             paths.net_returns, paths.turnover, paths.costs, [OK], [""],
@@ -85,6 +91,30 @@ def merge_results(parts: list[SimulationResult]) -> SimulationResult:
                             [s for p in parts for s in p.status],
                             [r for p in parts for r in p.reason],
                             np.concatenate([p.seconds for p in parts]))
+
+
+def frictionless_sharpe(cube: WeightsCube, dataset: Dataset, config: TournamentConfig
+                        ) -> dict[tuple[str, str, str, str], float]:
+    """Sharpe (held days) of every ok strategy x rebalance mode with the SAME trades at 0 bps.
+
+    The trade days are the configured run's (tolerance mode finds them with the configured
+    costs), so the difference to the reported Sharpe is the costs alone."""
+    keys = ok_strategies(cube)
+    out: dict[tuple[str, str, str, str], float] = {}
+    if not keys:
+        return out
+    returns = clean_returns(dataset.returns)
+    for rebalance in config.rebalances:
+        orders = build_orders(cube, keys, dates=dataset.dates, returns=dataset.returns,
+                              rebalance=rebalance, cost_rate=config.costs.rate,
+                              tolerance=config.tolerance)
+        paths = simulate_paths(returns, orders.start, orders.targets, orders.target_index,
+                               trade=orders.trade, cost_rate=0.0)
+        for s, key in enumerate(keys):
+            out[(*key, rebalance)] = sharpe_ratio(paths.net_returns[s, 1:],
+                                                  periods=config.annualization,
+                                                  risk_free=config.risk_free)
+    return out
 
 
 def results_frame(sims: list[SimulationResult], cube: WeightsCube, dataset: Dataset,
@@ -119,7 +149,14 @@ def results_frame(sims: list[SimulationResult], cube: WeightsCube, dataset: Data
     for col in ("status", "reason", "sim_seconds", *SCALAR_METRICS):
         if col not in results:
             results[col] = np.nan
-    results = results[[*RESULT_KEYS, "status", "reason", *SCALAR_METRICS, "sim_seconds"]]
+    zero_cost = frictionless_sharpe(cube, dataset, config)
+    results["sharpe_0bps"] = [zero_cost.get(k, np.nan) for k in
+                              zip(*(results[c] for c in RESULT_KEYS[:4]))]
+    fallbacks = st.set_index(STRATEGY_KEYS)["fallback_windows"]
+    results["fallback_windows"] = [int(fallbacks.get(k, 0)) for k in
+                                   zip(results["selection"], results["engine"], results["profile"])]
+    results = results[[*RESULT_KEYS, "status", "reason", "fallback_windows", *SCALAR_METRICS,
+                       "sharpe_0bps", "sim_seconds"]]
     results = results.sort_values(RESULT_KEYS, kind="stable").reset_index(drop=True)
     long = (pd.concat(returns_parts, ignore_index=True) if returns_parts else
             pd.DataFrame(columns=["date", "net_return", *RESULT_KEYS]))

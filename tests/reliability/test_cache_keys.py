@@ -128,8 +128,11 @@ def test_config_fields_not_in_any_key_do_not_affect_computation():
     as affecting only driver-side work (grid shape, metrics)."""
     key_fields = {"windows", "costs", "max_weight", "top_k", "tolerance", "covariance",
                   "risk_free"}
+    # on_infeasible: applied when the driver assembles the cube from cached cells; Stage 2
+    # keys on the resulting weight schedules, so a policy change re-simulates exactly the
+    # strategies whose schedules it changes.
     driver_only = {"selections", "engines", "profiles", "rebalances", "fidelity",
-                   "simulator_list", "annualization"}
+                   "simulator_list", "annualization", "on_infeasible"}
     fields = {f.name for f in dataclasses.fields(load_config())}
     assert fields == key_fields | driver_only, (
         f"new config field(s) {fields - key_fields - driver_only}: put them in a key part "

@@ -1,5 +1,7 @@
 """Fault catalogue #8: trust boundary. The services a run starts listen on loopback only;
-no secret values in prefect.yaml; a ComputeBlock credential never reaches logs or repr."""
+no secret values in prefect.yaml; the tournament blocks hold no credentials (storage
+credentials live in the storage block result_storage names), and a credential an older
+ComputeBlock document still holds is dropped on load, never kept as a plain attribute."""
 from __future__ import annotations
 
 import ipaddress
@@ -53,20 +55,27 @@ def test_prefect_yaml_holds_no_literal_secrets():
     assert hits == [], f"literal secret-looking values in prefect.yaml: {hits}"
 
 
-def test_compute_block_secret_never_in_repr_or_flow_kwargs(caplog):
+def test_compute_block_holds_no_credentials_and_drops_an_old_documents_secret(caplog):
     import logging
 
-    from blocks.tournament_blocks import ComputeBlock
+    from blocks.tournament_blocks import ComputeBlock, DataSourceBlock, TournamentGridBlock
+    for cls in (ComputeBlock, DataSourceBlock, TournamentGridBlock):
+        secret_fields = [n for n, f in cls.model_fields.items()
+                         if "SecretStr" in repr(f.annotation) or "credential" in n]
+        assert secret_fields == [], f"{cls.__name__} has credential fields {secret_fields}"
+    # A document saved before issue 16 (storage_credentials, SecretStr) as Block.load
+    # receives it (include_secrets=True): the value must not survive as an extra attribute.
     secret = "s3cr3t-VALUE-for-reliability-test"
-    block = ComputeBlock(num_cpus=2, result_storage="/tmp/x", storage_credentials=secret)
+    block = ComputeBlock.model_validate({"num_cpus": 2, "result_storage": "/tmp/x",
+                                         "storage_credentials": secret})
     kwargs = block.to_flow_kwargs()
     logger = logging.getLogger("prefect.flow_runs")
     with caplog.at_level(logging.INFO):
         logger.info("block %r kwargs %s", block, kwargs)
         logger.info("block %s", block)
     texts = [repr(block), str(block), repr(kwargs), str(block.model_dump()), caplog.text,
-             block.model_dump_json()]
+             block.model_dump_json(), repr(vars(block)), repr(block.__pydantic_extra__)]
     for t in texts:
         assert secret not in t
-    assert "storage_credentials" not in kwargs
-    assert block.credentials() == secret          # still usable by code that needs it
+    assert not hasattr(block, "storage_credentials")
+    assert kwargs == {"ray_address": None, "result_storage": "/tmp/x", "num_cpus": 2}

@@ -37,6 +37,10 @@ class Engine:
 
     # Name of the solver/algorithm that produced the last weights (for labelling cells).
     solver_: str = ""
+    # cvxpy status of the last solve ("" for closed-form weights). Engines return the weights
+    # of any status that carries a solution (optimal, optimal_inaccurate, user_limit) and
+    # raise for the others; Stage 1 applies ONE acceptance rule (tournament.acceptance).
+    solver_status_: str = ""
 
 
 def check_weights(w: np.ndarray, *, n: int, max_weight: float, dust: float = 1e-7) -> np.ndarray:

@@ -10,6 +10,8 @@ HRP is not a convex program: this engine declares it unsupported.
 """
 from __future__ import annotations
 
+import warnings
+
 import cvxpy as cp
 import numpy as np
 
@@ -50,15 +52,19 @@ class CustomEngine(Engine):
                 raise EngineError("max_sharpe infeasible: no asset has expected return above "
                                   "the risk-free rate in this window")
             par["mu"].value = excess * scale
-        try:
-            problem.solve(solver=SOLVER, warm_start=False, **SOLVER_OPTIONS)
-        except cp.error.SolverError as exc:
-            raise EngineError(f"{SOLVER} failed: {exc}") from None
-        if problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) or var.value is None:
-            raise EngineError(f"{SOLVER} status {problem.status}")
-        if problem.status == cp.OPTIMAL_INACCURATE:
-            raise EngineError(f"{SOLVER} status optimal_inaccurate")
         self.solver_ = SOLVER
+        try:
+            with warnings.catch_warnings():   # the status is recorded and judged in Stage 1
+                warnings.filterwarnings("ignore", message="Solution may be inaccurate")
+                problem.solve(solver=SOLVER, warm_start=False, **SOLVER_OPTIONS)
+        except cp.error.SolverError as exc:
+            self.solver_status_ = cp.SOLVER_ERROR
+            raise EngineError(f"{SOLVER} failed: {exc}") from None
+        self.solver_status_ = str(problem.status)
+        # Any status with a solution goes to Stage 1's one acceptance rule
+        # (tournament.acceptance); the others are errors here.
+        if problem.status not in cp.settings.SOLUTION_PRESENT or var.value is None:
+            raise EngineError(f"{SOLVER} status {problem.status}")
         y = np.asarray(var.value, dtype=np.float64)
         if profile in ("max_sharpe", "risk_parity"):
             y = y / y.sum()   # both solve in an unnormalised variable

@@ -62,6 +62,27 @@ class _QuietCvxportfolio:
         return False
 
 
+def _status(policy) -> str:
+    """cvxpy status of an optimisation policy's last solve ("" for Uniform)."""
+    return getattr(policy, "last_status", "")
+
+
+def _recording_spo(cvx):
+    """SinglePeriodOptimization that keeps its cvxpy status: `execute` ends with
+    `finalize_estimator`, which drops the problem, so read it right after the solve."""
+    class RecordingSPO(cvx.SinglePeriodOptimization):
+        last_status = ""
+
+        def values_in_time_recursive(self, **kwargs):
+            try:
+                return super().values_in_time_recursive(**kwargs)
+            finally:
+                problem = getattr(self, "_problem", None)
+                self.last_status = str(problem.status) if problem is not None and \
+                    problem.status else ""
+    return RecordingSPO
+
+
 class CvxportfolioEngine(Engine):
     name = "cvxportfolio"
     supported_profiles = frozenset({"equal_weight", "min_variance"})
@@ -83,7 +104,7 @@ class CvxportfolioEngine(Engine):
             constraints = [cvx.LongOnly(applies_to_cash=True), cvx.NoCash()]
             if cap < 1:
                 constraints.append(cvx.MaxWeights(cap))
-            policy = cvx.SinglePeriodOptimization(
+            policy = _recording_spo(cvx)(
                 -cvx.FullCovariance(pd.DataFrame(sigma, index=names, columns=names)),
                 constraints, include_cash_return=False, fallback_solver=None, solver=SOLVER,
                 **SOLVER_PARAMS)
@@ -96,7 +117,11 @@ class CvxportfolioEngine(Engine):
             try:
                 u, _, _ = policy.execute(h, None, t=_T)
             except Exception as exc:  # noqa: BLE001 - any cvxportfolio failure -> EngineError
+                self.solver_status_ = _status(policy) or "solver_error"
                 raise EngineError(f"{label} failed: {type(exc).__name__}: {exc}") from None
+        # cvxportfolio returns the weights of any status with a solution (it only raises on
+        # infeasible/unbounded); Stage 1's one status rule judges them.
+        self.solver_status_ = _status(policy)
         post = (h + u).to_numpy(dtype=np.float64)
         if not np.isfinite(post).all():
             raise EngineError(f"{label} returned non-finite weights")

@@ -58,6 +58,12 @@ def _prior(method: str):
     raise EngineError(f"unknown covariance estimator {method!r}")
 
 
+def _status(model) -> str:
+    """cvxpy status of a fitted convex skfolio model ("" for HRP / equal weight)."""
+    problem = getattr(model, "problem_", None)
+    return str(problem.status) if problem is not None and problem.status else ""
+
+
 class SkfolioEngine(Engine):
     name = "skfolio"
     supported_profiles = frozenset({"equal_weight", "min_variance", "max_sharpe",
@@ -85,7 +91,8 @@ class SkfolioEngine(Engine):
             model = MeanRisk(objective_function=ObjectiveFunction.MINIMIZE_RISK,
                              risk_measure=RiskMeasure.VARIANCE,
                              prior_estimator=_prior(params.covariance), solver=SOLVER,
-                             solver_params=dict(SOLVER_PARAMS), scale_objective=scale, **bounds)
+                             solver_params=dict(SOLVER_PARAMS), scale_objective=scale,
+                             save_problem=True, **bounds)
             label = f"skfolio.MeanRisk/{SOLVER}"
         elif profile == "max_sharpe":
             if (X.mean(axis=0) - params.risk_free).max() <= 0:
@@ -95,13 +102,14 @@ class SkfolioEngine(Engine):
                              risk_measure=RiskMeasure.VARIANCE,
                              risk_free_rate=params.risk_free,
                              prior_estimator=_prior(params.covariance), solver=SOLVER,
-                             solver_params=dict(SOLVER_PARAMS), scale_objective=scale, **bounds)
+                             solver_params=dict(SOLVER_PARAMS), scale_objective=scale,
+                             save_problem=True, **bounds)
             label = f"skfolio.MeanRisk/{SOLVER}"
         elif profile == "risk_parity":
             model = RiskBudgeting(risk_measure=RiskMeasure.VARIANCE,
                                   prior_estimator=_prior(params.covariance), solver=SOLVER,
                                   solver_params=dict(SOLVER_PARAMS), scale_objective=scale,
-                                  **bounds)
+                                  save_problem=True, **bounds)
             label = f"skfolio.RiskBudgeting/{SOLVER}"
         elif profile == "hrp":
             model = HierarchicalRiskParity(risk_measure=RiskMeasure.VARIANCE,
@@ -116,10 +124,15 @@ class SkfolioEngine(Engine):
             with warnings.catch_warnings():
                 # Expected: MAXIMIZE_RATIO + VARIANCE returns max Sharpe (documented above).
                 warnings.filterwarnings("ignore", message=".*MAXIMIZE_RATIO.*VARIANCE.*")
+                # skfolio warns and returns the weights of a non-optimal status that carries
+                # a solution; Stage 1's one status rule judges them (tournament.acceptance).
+                warnings.filterwarnings("ignore", message="Solution may be inaccurate")
                 model.fit(X)
         except Exception as exc:  # noqa: BLE001 - skfolio/solver failure -> EngineError
+            self.solver_status_ = _status(model) or "solver_error"
             kind = "" if isinstance(exc, OptimizationError) else f"{type(exc).__name__}: "
             raise EngineError(f"{label} failed: {kind}{exc}") from None
+        self.solver_status_ = _status(model)
         w = getattr(model, "weights_", None)
         if w is None:
             raise EngineError(f"{label} returned no weights ({getattr(model, 'error_', '')})")

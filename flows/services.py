@@ -1,0 +1,462 @@
+"""Local services: a Prefect server and a Ray head, for one run or kept up between runs.
+
+    tournament up        # detached Prefect server + Ray head on 127.0.0.1 (state file below)
+    tournament status    # what is up, with its URLs; stale entries explained
+    tournament down      # stops exactly the processes `up` started, by process group
+
+`tournament run` attaches to services that are up (and says so in its first line); without
+them it starts temporary ones for the run (`temporary_services`). Tests and CI set
+TOURNAMENT_NO_ATTACH=1 so they never attach to services a user left running.
+
+Why our own launcher instead of Prefect's `SubprocessASGIServer`:
+* its `start()` gives up after a fixed 20 s; a first boot on an empty PREFECT_HOME (creating
+  and migrating the database) takes ~17 s on an idle 2-core machine and more when Ray starts
+  beside it, so fresh machines failed at random. Here the wait has no fixed limit while the
+  server process lives (a dead process is reported at once, with its log), and on an empty
+  home Ray starts only after the server answers, so the first boot gets the CPU to itself;
+* importing it costs ~5 s in the parent (it imports the whole server); a subprocess does not;
+* its UI settings point at port 4200 whatever its port: every server started here gets
+  PREFECT_UI_API_URL = its own API URL, checked through /ui-settings before use.
+No module-level Prefect or Ray import: `tournament status` must stay instant.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tournament.errors import TournamentError
+
+NO_ATTACH_ENV = "TOURNAMENT_NO_ATTACH"
+SERVICES_DIR_ENV = "TOURNAMENT_SERVICES_DIR"
+BOOT_TIMEOUT_ENV = "TOURNAMENT_SERVER_BOOT_TIMEOUT"
+STATE_FILE = "services.json"
+DEFAULT_PREFECT_PORT = 4200
+DEFAULT_RAY_PORT = 6390
+# Only a safety net against a server that lives but never answers: the real condition is
+# "the server process is alive and still booting".
+DEFAULT_BOOT_TIMEOUT = 600.0
+
+
+class ServiceError(TournamentError):
+    """A service could not be started, reached or trusted (one line, says what to do)."""
+
+
+def services_dir() -> Path:
+    return Path(os.environ.get(SERVICES_DIR_ENV) or Path.home() / ".tournament").expanduser()
+
+
+def state_path() -> Path:
+    return services_dir() / STATE_FILE
+
+
+def prefect_home() -> Path:
+    return Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+
+
+def database_is_new() -> bool:
+    """True when the server's first boot will create and migrate its database (the slow,
+    CPU-bound case). A custom database URL is assumed to exist."""
+    if os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") or os.environ.get(
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL"):
+        return False
+    return not (prefect_home() / "prefect.db").exists()
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_answers(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:   # a zombie is dead for our purposes
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2] != "Z"
+    except (OSError, ValueError, IndexError):
+        return True
+
+
+def http_get_json(url: str, timeout: float = 2.0):
+    import urllib.request
+    with urllib.request.urlopen(url, timeout=timeout) as resp:   # noqa: S310 (loopback)
+        return json.loads(resp.read() or b"null")
+
+
+def _log_tail(path: Path | None, lines: int = 6) -> str:
+    if path is None or not Path(path).exists():
+        return ""
+    text = Path(path).read_text(errors="replace").strip().splitlines()
+    return " | ".join(t.strip() for t in text[-lines:])
+
+
+# ----------------------------------------------------------------------------- Prefect server
+def _die_with_parent() -> None:
+    """preexec_fn: the kernel SIGTERMs a temporary server when the run that started it dies
+    (SIGKILL included), so a killed run never leaves a server behind."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def server_env(port: int, *, temporary: bool) -> dict[str, str]:
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ,
+           "PREFECT_UI_API_URL": f"{base}/api",       # the UI calls its own API, not :4200
+           "PREFECT_UI_URL": base,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT__SERVER_FINAL": "1"}
+    env.pop("PREFECT_API_URL", None)                   # a server is not a client of another
+    if temporary:
+        # A server that lives for one run needs no schedules, late-run marking or
+        # cancellation clean-up: spare the CPU for the run.
+        env.update({"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+                    "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
+                    "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_ENABLED": "false",
+                    "PREFECT_SERVER_SERVICES_FOREMAN_ENABLED": "false",
+                    "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_ENABLED": "false",
+                    "PREFECT_SERVER_SERVICES_REPOSSESSOR_ENABLED": "false"})
+    return env
+
+
+def launch_prefect_server(port: int, *, log_path: Path, temporary: bool) -> subprocess.Popen:
+    """Start `uvicorn prefect.server.api.server:create_app` on 127.0.0.1:`port`.
+
+    Temporary: a child that dies with its parent. Otherwise: detached in its own session, so
+    it outlives the command and `tournament down` can stop its whole process group."""
+    import importlib.util
+    prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent
+    args = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
+            "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "error", "--lifespan", "on"]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")
+    try:
+        return subprocess.Popen(args, env=server_env(port, temporary=temporary), stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=not temporary,
+                                preexec_fn=_die_with_parent if temporary else None)
+    finally:
+        log.close()
+
+
+def wait_for_server(api_url: str, proc: subprocess.Popen | None, *, pid: int | None = None,
+                    log_path: Path | None = None, timeout: float | None = None) -> float:
+    """Block until `api_url`/health answers. No fixed limit while the server process lives:
+    a first boot's migrations take what they take. Returns the seconds waited."""
+    limit = float(timeout or os.environ.get(BOOT_TIMEOUT_ENV) or DEFAULT_BOOT_TIMEOUT)
+    t0 = time.monotonic()
+    while True:
+        try:
+            if http_get_json(f"{api_url}/health", timeout=2) is not None:
+                return time.monotonic() - t0
+        except Exception:
+            pass
+        dead = (proc.poll() is not None) if proc is not None else not pid_alive(pid)
+        if dead:
+            code = proc.returncode if proc is not None else "?"
+            raise ServiceError(f"service error: the Prefect server for {api_url} exited "
+                               f"(code {code}) before answering; its log: "
+                               f"{_log_tail(log_path) or log_path}")
+        if time.monotonic() - t0 > limit:
+            raise ServiceError(f"service error: the Prefect server for {api_url} is alive but "
+                               f"did not answer within {limit:.0f} s ({BOOT_TIMEOUT_ENV}); "
+                               f"its log: {log_path}")
+        time.sleep(0.1)
+
+
+def check_ui_settings(api_url: str) -> None:
+    """Refuse a server whose UI would call another API (the UI then shows 'Oops')."""
+    base = api_url.removesuffix("/api")
+    try:
+        served = http_get_json(f"{base}/ui-settings", timeout=5).get("api_url")
+    except Exception as exc:
+        raise ServiceError(f"service error: cannot read {base}/ui-settings ({exc})") from None
+    if served != api_url:
+        raise ServiceError(f"service error: the Prefect UI at {base} calls {served}, not its "
+                           f"own API {api_url}; restart it with PREFECT_UI_API_URL={api_url}")
+
+
+# ----------------------------------------------------------------------------- state file
+@dataclass
+class ServiceState:
+    """What `tournament up` started; written atomically to services.json."""
+    prefect_pid: int
+    prefect_port: int
+    prefect_log: str
+    ray_pid: int
+    ray_port: int
+    ray_log: str
+    prefect_home: str
+    num_cpus: int | None = None
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.prefect_port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.prefect_port}"
+
+    @property
+    def ray_address(self) -> str:
+        return f"127.0.0.1:{self.ray_port}"
+
+    def problems(self) -> list[str]:
+        """Why these services cannot be used (empty when both are up)."""
+        out = []
+        if not pid_alive(self.prefect_pid):
+            out.append(f"Prefect server (pid {self.prefect_pid}) is not running")
+        else:
+            try:
+                http_get_json(f"{self.api_url}/health", timeout=2)
+            except Exception:
+                out.append(f"Prefect server (pid {self.prefect_pid}) does not answer on "
+                           f"{self.api_url}")
+        if not pid_alive(self.ray_pid):
+            out.append(f"Ray head (pid {self.ray_pid}) is not running")
+        elif not port_answers(self.ray_port):
+            out.append(f"Ray head (pid {self.ray_pid}) does not answer on {self.ray_address}")
+        return out
+
+
+def read_state() -> ServiceState | None:
+    path = state_path()
+    try:
+        raw = json.loads(path.read_text())
+        return ServiceState(**raw)
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as exc:
+        raise ServiceError(f"service error: {path} is not a services file ({exc}); remove it "
+                           "or run `tournament down`") from None
+
+
+def write_state(state: ServiceState) -> None:
+    from tournament.outputs import write_json
+    write_json(state_path(), asdict(state))
+
+
+@dataclass
+class Attachment:
+    """Services a run uses: where they came from and the one line that says so."""
+    api_url: str | None
+    ray_address: str | None
+    ui_url: str | None
+    source: str            # "up", "explicit" or "temporary"
+    note: str = ""
+
+
+def find_running_services(*, explicit_api_url: str | None,
+                          explicit_ray: str | None) -> Attachment | None:
+    """Services to attach to, or None (start temporary ones). Explicit settings win, each
+    for its own service; a stale state file gets a one-line note and is ignored."""
+    state = None
+    note = ""
+    if not os.environ.get(NO_ATTACH_ENV):
+        try:
+            state = read_state()
+        except ServiceError as exc:
+            note, state = str(exc), None
+        if state is not None and (problems := state.problems()):
+            note = (f"tournament: services in {state_path()} are stale ({'; '.join(problems)}); "
+                    "using temporary services for this run (`tournament down` clears the file)")
+            state = None
+    if state is None and not explicit_api_url:
+        return Attachment(None, explicit_ray, None, "temporary", note) if note else None
+    api = explicit_api_url or state.api_url
+    ray_address = explicit_ray or (state.ray_address if state else None)
+    ui = state.ui_url if state and not explicit_api_url else None
+    if state is not None:
+        check_ui_settings(state.api_url)
+    source = "up" if state is not None and not explicit_api_url and not explicit_ray else (
+        "explicit" if state is None else "up+explicit")
+    return Attachment(api, ray_address, ui, source, note)
+
+
+# ----------------------------------------------------------------------------- up / down
+def _terminate_group(pid: int, grace: float = 10.0) -> None:
+    """SIGTERM the process group led by `pid` (a detached service), SIGKILL what is left."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _group_alive(pid):
+                return
+            time.sleep(0.1)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, read from /proc."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+        except (OSError, ValueError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+def _group_alive(pgid: int) -> bool:
+    return bool(group_members(pgid))
+
+
+def start_ray_head(port: int, *, num_cpus: int | None, log_path: Path) -> subprocess.Popen:
+    """`ray start --head --block` in its own session on 127.0.0.1, token auth on."""
+    ray_bin = Path(sys.executable).with_name("ray")
+    args = [str(ray_bin), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+            "--port", str(port), "--include-dashboard", "false", "--disable-usage-stats"]
+    if num_cpus:
+        args += ["--num-cpus", str(num_cpus)]
+    from .runtime import THREAD_ENV
+    env = {**os.environ, **THREAD_ENV, "RAY_AUTH_MODE": "token"}
+    log = open(log_path, "ab")
+    try:
+        return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        log.close()
+
+
+def services_up(*, prefect_port: int = DEFAULT_PREFECT_PORT, ray_port: int = DEFAULT_RAY_PORT,
+                num_cpus: int | None = None, echo=print) -> ServiceState:
+    """Start the detached services (or report the ones already up)."""
+    state = read_state()
+    if state is not None:
+        if not state.problems():
+            echo(f"already up: Prefect UI {state.ui_url}, Ray {state.ray_address}")
+            return state
+        echo(f"replacing stale services file {state_path()} ({'; '.join(state.problems())})")
+        services_down(echo=lambda *_: None)
+    for port, what, flag in ((prefect_port, "Prefect server", "--prefect-port"),
+                             (ray_port, "Ray head", "--ray-port")):
+        if not port_is_free(port):
+            raise ServiceError(f"service error: port {port} on 127.0.0.1 is in use, so the "
+                               f"{what} cannot start; choose another with {flag}")
+    logs = services_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    new_db = database_is_new()
+    echo(f"starting Prefect server on 127.0.0.1:{prefect_port}"
+         + (" (first boot: creating its database, ~20-60 s)" if new_db else ""))
+    prefect_log = logs / "prefect-server.log"
+    server = launch_prefect_server(prefect_port, log_path=prefect_log, temporary=False)
+    api_url = f"http://127.0.0.1:{prefect_port}/api"
+    ray_proc = None
+    t0 = time.monotonic()
+    try:
+        if new_db:       # the first boot gets the CPU to itself (no race with Ray)
+            wait_for_server(api_url, server, log_path=prefect_log)
+        echo(f"starting Ray head on 127.0.0.1:{ray_port}")
+        ray_log = logs / "ray-head.log"
+        ray_proc = start_ray_head(ray_port, num_cpus=num_cpus, log_path=ray_log)
+        wait_for_server(api_url, server, log_path=prefect_log)
+        waited = time.monotonic() - t0
+        check_ui_settings(api_url)
+        _wait_ray(ray_port, ray_proc, ray_log)
+    except BaseException:
+        _terminate_group(server.pid)
+        if ray_proc is not None:
+            _terminate_group(ray_proc.pid)
+        raise
+    state = ServiceState(prefect_pid=server.pid, prefect_port=prefect_port,
+                         prefect_log=str(prefect_log), ray_pid=ray_proc.pid, ray_port=ray_port,
+                         ray_log=str(ray_log), prefect_home=str(prefect_home()),
+                         num_cpus=num_cpus)
+    write_state(state)
+    echo(f"up: Prefect UI {state.ui_url} (API {state.api_url}), Ray {state.ray_address} "
+         f"(ready in {waited:.1f} s); `tournament run` attaches to them, "
+         "`tournament down` stops them")
+    return state
+
+
+def _wait_ray(port: int, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            raise ServiceError(f"service error: `ray start --head` exited (code "
+                               f"{proc.returncode}); its log: {_log_tail(log)}")
+        # --block prints this once the head's processes are all started
+        if port_answers(port) and "Ray runtime started" in Path(log).read_text(errors="ignore"):
+            return
+        time.sleep(0.2)
+    raise ServiceError(f"service error: the Ray head on port {port} did not start within "
+                       f"{timeout:.0f} s; its log: {log}")
+
+
+def services_down(*, echo=print) -> int:
+    state = read_state()
+    if state is None:
+        echo("nothing to stop: no services file at " + str(state_path()))
+        return 0
+    for name, pid in (("Ray head", state.ray_pid), ("Prefect server", state.prefect_pid)):
+        if pid_alive(pid) or _group_alive(pid):
+            _terminate_group(pid)
+            echo(f"stopped {name} (process group {pid})")
+        else:
+            echo(f"{name} (pid {pid}) was not running")
+    state_path().unlink(missing_ok=True)
+    return 0
+
+
+def services_status(*, echo=print) -> int:
+    """0 when both services are up, 1 otherwise (one line each)."""
+    try:
+        state = read_state()
+    except ServiceError as exc:
+        echo(str(exc))
+        return 1
+    if state is None:
+        echo("down: no services (start them with `tournament up`; runs start temporary ones)")
+        return 1
+    problems = state.problems()
+    echo(f"Prefect server: pid {state.prefect_pid}, UI {state.ui_url}, API {state.api_url}, "
+         f"home {state.prefect_home}")
+    echo(f"Ray head: pid {state.ray_pid}, address {state.ray_address}")
+    if problems:
+        echo("stale: " + "; ".join(problems) + " (run `tournament down`, then `tournament up`)")
+        return 1
+    echo("up: `tournament run` attaches to these services")
+    return 0
