@@ -57,8 +57,11 @@ def sharpe_ratio(returns: np.ndarray, *, periods: int = 252, risk_free: float = 
     r = np.asarray(returns, dtype=float) - risk_free
     if r.size < 2:
         return math.nan
-    sd = r.std(ddof=1)
-    return float(r.mean() / sd * math.sqrt(periods)) if sd > 0 else math.nan
+    # Zero dispersion is tested exactly (max == min): the float std of a constant series is
+    # ~1e-19, not 0, and would give a Sharpe of ~1e16.
+    if r.max() == r.min():
+        return math.nan
+    return float(r.mean() / r.std(ddof=1) * math.sqrt(periods))
 
 
 def sortino_ratio(returns: np.ndarray, *, periods: int = 252, risk_free: float = 0.0) -> float:
