@@ -17,7 +17,7 @@ import json
 import os
 import socket
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from prefect.cache_policies import CacheKeyFnPolicy
@@ -252,9 +252,8 @@ class StorageLockManager(FileSystemLockManager):
             partial = True
         if partial:   # created but not yet written: locked by someone, unless long abandoned
             return {"holder": "", "expiration": None, "partial": True, "mtime": mtime}
-        from prefect.types._datetime import parse_datetime
         exp = info.get("expiration")
-        info["expiration"] = parse_datetime(exp) if exp else None
+        info["expiration"] = datetime.fromisoformat(exp) if exp else None
         self._locks[key] = info
         return info
 
@@ -262,11 +261,10 @@ class StorageLockManager(FileSystemLockManager):
         return self._get_lock_info(key, use_cache=use_cache)
 
     def _stale(self, info: dict) -> bool:
-        from prefect.types._datetime import now
         if info.get("partial"):
             return time.time() - info.get("mtime", time.time()) > 30
         exp = info.get("expiration")
-        if exp is not None and exp < now("UTC"):
+        if exp is not None and exp < datetime.now(timezone.utc):
             return True
         pid = info.get("pid")
         if pid is not None and info.get("host") == _this_host():
@@ -285,7 +283,6 @@ class StorageLockManager(FileSystemLockManager):
 
     def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
                      hold_timeout: float | None = None) -> bool:
-        from prefect.types._datetime import now
         store = self.store()
         deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
         while True:
@@ -293,7 +290,7 @@ class StorageLockManager(FileSystemLockManager):
                 remaining = None if deadline is None else max(deadline - time.monotonic(), 0.01)
                 if not self.wait_for_lock(key, remaining):
                     return False
-            expiration = now("UTC") + timedelta(seconds=hold_timeout or self._lease())
+            expiration = datetime.now(timezone.utc) + timedelta(seconds=hold_timeout or self._lease())
             pid = os.getpid()
             info = {"holder": holder, "expiration": str(expiration), "pid": pid,
                     "host": _this_host(), "started": _start_time(pid)}
@@ -323,13 +320,6 @@ def locked_policy(lock_files_directory: Path | None = None) -> CacheKeyFnPolicy:
     return CacheKeyFnPolicy(cache_key_fn=key_from_parameters).configure(
         isolation_level="SERIALIZABLE",
         lock_manager=StorageLockManager(lock_files_directory))
-
-
-def with_storage(task, storage, refresh: bool):
-    """`task` writing results to `storage` (a saved filesystem block), its locks next to
-    them; `refresh` recomputes and overwrites cached results."""
-    return task.with_options(result_storage=storage, refresh_cache=refresh,
-                             cache_policy=locked_policy())
 
 
 # ----------------------------------------------------------------------------- audits
