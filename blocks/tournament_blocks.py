@@ -27,10 +27,10 @@ from prefect.blocks.core import Block
 from prefect.blocks.core import schema_extra as block_schema_extra
 from pydantic import ConfigDict, Field, model_validator
 
-from tournament.config import (EngineName, Fidelity, ProfileName, RebalanceName,
-                               SelectionName, SimulatorName)
-from tournament.data import DEFAULT_SP500_DAYS, SYNTHETIC_SHAPE
-from tournament.overrides import GridOverrides
+from tournament.config import DataKind
+from tournament.config_fields import DATA_KINDS, DEFAULT_SP500_DAYS
+from tournament.data import SYNTHETIC_SHAPE
+from tournament.overrides import GridOverrides, field_model
 
 
 def _schema_extra(schema: dict[str, Any], model: type[Block]) -> None:
@@ -44,7 +44,12 @@ def _schema_extra(schema: dict[str, Any], model: type[Block]) -> None:
     schema["not"] = {"required": ["$ref"]}
 
 
-class TournamentGridBlock(Block):
+# The grid block's fields: every config field (tournament.config_fields.FIELDS, fidelity
+# included), optional, with the table's choices, bounds and descriptions.
+_GridBlockFields = field_model("_GridBlockFields")
+
+
+class TournamentGridBlock(Block, _GridBlockFields):
     """The tournament grid and its parameters (None = keep the config/default value)."""
 
     model_config = ConfigDict(json_schema_extra=_schema_extra)
@@ -52,28 +57,7 @@ class TournamentGridBlock(Block):
     _block_type_name = "Tournament Grid"
     _block_type_slug = "tournament-grid"
     _description = ("Selections x engines x profiles x rebalance modes, fidelity, walk-forward "
-                    "windows, costs and constraints for a portfolio tournament.")
-
-    selections: list[SelectionName] | None = Field(default=None, min_length=1,
-                                                   description="asset selection modes")
-    engines: list[EngineName] | None = Field(default=None, min_length=1,
-                                             description="optimisation engines")
-    profiles: list[ProfileName] | None = Field(default=None, min_length=1,
-                                               description="portfolio profiles (objectives)")
-    rebalances: list[RebalanceName] | None = Field(default=None, min_length=1,
-                                                   description="rebalance modes")
-    fidelity: Fidelity | None = Field(
-        default=None, description="simulator tier: low = custom; medium = + vectorbt; high = all")
-    simulators: list[SimulatorName] | None = Field(
-        default=None, description="explicit simulator list (overrides the fidelity tier)")
-    train: int | None = Field(default=None, ge=2, description="training window, trading days")
-    test: int | None = Field(default=None, ge=1, description="test window, trading days")
-    step: int | None = Field(default=None, ge=1, description="window step, trading days")
-    slippage_bps: float | None = Field(default=None, ge=0, le=1e4)
-    commission_bps: float | None = Field(default=None, ge=0, le=1e4)
-    max_weight: float | None = Field(default=None, gt=0, le=1, description="per-asset cap")
-    top_k: int | None = Field(default=None, ge=1, description="assets kept by momentum/low_vol/cluster")
-    tolerance: float | None = Field(default=None, gt=0, le=1, description="drift that triggers a trade")
+                    "windows, costs, constraints and estimation for a portfolio tournament.")
 
     def grid_overrides(self) -> GridOverrides:
         """The set fields except fidelity, as the flow's typed `overrides`."""
@@ -111,7 +95,7 @@ class DataSourceBlock(Block):
         "0 = the whole history)"))
     synthetic_days: int = Field(default=SYNTHETIC_SHAPE[0], ge=2, description="synthetic shape: days")
     synthetic_assets: int = Field(default=SYNTHETIC_SHAPE[1], ge=2, description="synthetic shape: assets")
-    data_kind: Literal["prices", "returns"] = Field(default="prices", description="what the file holds")
+    data_kind: DataKind = Field(default=DATA_KINDS[0], description="what the file holds")
 
     @model_validator(mode="after")
     def _path_needed(self):

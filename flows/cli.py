@@ -15,9 +15,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from tournament.config_fields import DATA_KINDS, DEFAULT_SP500_DAYS, FIELDS, NOT_IN_OVERRIDES
 from tournament.errors import ConfigError, TournamentError
-from tournament.registry import (FIDELITY_TIERS, PROFILES, REBALANCE_MODES, SELECTIONS,
-                                 SIMULATORS, USER_ENGINES)
+from tournament.registry import REBALANCE_MODES, SIMULATORS
 
 EXIT_OK, EXIT_CRASH, EXIT_BAD_INPUT, EXIT_STRICT, EXIT_RACE_STOPPED = 0, 1, 2, 3, 4
 
@@ -33,14 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a tournament (Stage 1 cube + Stage 2 simulations)",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     run.add_argument("--config", help="TOML config file (see configs/default.toml)")
-    run.add_argument("--fidelity", choices=sorted(FIDELITY_TIERS),
-                     help="low = custom; medium = + vectorbt; high = + cvxportfolio + nautilus")
     run.add_argument("--data", default="sp500",
                      help="sp500 (bundled, offline) | synthetic[:DAYSxASSETS] | PATH (.csv/.parquet)")
-    run.add_argument("--data-kind", default="prices", choices=["prices", "returns"],
+    run.add_argument("--data-kind", default=DATA_KINDS[0], choices=DATA_KINDS,
                      help="what a data file holds")
-    run.add_argument("--days", type=int, help="keep the last N trading days (default: sp500 500, "
-                     "synthetic its DAYS, a file every row; 0 = whole history)")
+    run.add_argument("--days", type=int, help="keep the last N trading days (default: sp500 "
+                     f"{DEFAULT_SP500_DAYS}, synthetic its DAYS, a file every row; 0 = whole history)")
     run.add_argument("--out", help="run directory (default runs/<data>-<fidelity>)")
     run.add_argument("--ray-address", help="existing Ray cluster (e.g. auto or host:6379)")
     run.add_argument("--mode", default="two-stage", choices=["two-stage", "legacy"])
@@ -62,16 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Kendall tau vs the previous tier below which a tier is not trusted")
     run.add_argument("--race-on-disagreement", choices=["widen", "stop"], default="widen",
                      help="an untrusted tier promotes every strategy it ran, or stops the run")
-    for name, valid in (("selections", SELECTIONS), ("engines", USER_ENGINES),
-                        ("profiles", PROFILES), ("rebalances", REBALANCE_MODES),
-                        ("simulators", tuple(SIMULATORS))):
-        run.add_argument(f"--{name}", type=_names, help=f"comma list of: {', '.join(valid)}")
-    for name in ("train", "test", "step", "top_k"):
-        run.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int)
-    run.add_argument("--max-weight", dest="max_weight", type=float)
-    run.add_argument("--on-infeasible", dest="on_infeasible", choices=["hold", "cash", "fail"],
-                     help="a window that cannot be solved: hold the previous target (cash in "
-                     "the first window), hold cash, or fail the strategy (default: config, hold)")
+    _add_config_flags(run)
     run.add_argument("--strict", action="store_true",
                      help="exit 3 when any strategy failed (default: 0 once the run completed)")
     run.add_argument("--plan", action="store_true",
@@ -105,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "from its manifest)")
     sim.add_argument("--data", help="the run's data when the manifest's source cannot be "
                      "reloaded (e.g. a moved file); its fingerprint must match the manifest's")
-    sim.add_argument("--data-kind", choices=["prices", "returns"],
+    sim.add_argument("--data-kind", choices=DATA_KINDS,
                      help="what --data holds (default: tried in turn)")
     sim.add_argument("--days", type=int, help="trading days of --data (default: the run's)")
     sim.add_argument("--ray-address", help="existing Ray cluster (e.g. auto or host:6379)")
@@ -120,16 +109,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_config_flags(run: argparse.ArgumentParser) -> None:
+    """One flag per config field (tournament.config_fields.FIELDS), named by its TOML key:
+    --engines, --top-k, --on-infeasible... Unset (None) keeps the config file's value."""
+    for spec in FIELDS:
+        flag = "--" + spec.key.replace("_", "-")
+        default = (",".join(spec.default) or "empty") if spec.kind == "names" else spec.default
+        text = f"{spec.help} (unset: the config file's, else {default})"
+        if spec.kind == "names":
+            run.add_argument(flag, dest=spec.key, type=_names,
+                             help=f"comma list of: {', '.join(spec.choices)}; {text}")
+        elif spec.kind == "choice":
+            run.add_argument(flag, dest=spec.key, choices=spec.choices, help=text)
+        else:
+            run.add_argument(flag, dest=spec.key, type=int if spec.kind == "int" else float,
+                             help=text)
+
+
 def _overrides(args) -> dict:
-    mapping = {"selections": "selections", "engines": "engines", "profiles": "profiles",
-               "rebalances": "rebalances", "simulators": "simulator_list", "train": "train",
-               "test": "test", "step": "step", "top_k": "top_k", "max_weight": "max_weight",
-               "on_infeasible": "on_infeasible"}
+    """The config flags given, as `load_config(**overrides)` keywords. Fidelity is passed on
+    its own (a parameter of load_config and of the flow), so it is not among them."""
     out = {}
-    for arg, field in mapping.items():
-        value = getattr(args, arg)
-        if value is not None:
-            out[field] = value
+    for spec in FIELDS:
+        value = getattr(args, spec.key)
+        if value is not None and spec.name not in NOT_IN_OVERRIDES:
+            out[spec.name] = value
     return out
 
 

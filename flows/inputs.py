@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from tournament.config import TournamentConfig, load_config
+from tournament.config_fields import DATA_KINDS
 from tournament.data import BUNDLED, resolve_days
 from tournament.overrides import GridOverrides
 
-DEFAULT_DATA_KIND = "prices"
+DEFAULT_DATA_KIND = DATA_KINDS[0]
 
 
 @dataclass

@@ -13,24 +13,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .config_fields import DATA_KINDS, DEFAULTS, FIELDS_BY_NAME, SECTIONS, ConfigField
 from .errors import ConfigError, unknown_name
-from .registry import (ENGINES, FIDELITY_TIERS, PROFILES, REBALANCE_MODES, SELECTIONS,
-                       SIMULATORS, USER_ENGINES)
+from .registry import ENGINES, FIDELITY_TIERS, USER_ENGINES
 
 
 @dataclass(frozen=True)
 class WindowSpec:
     """Rolling walk-forward windows, in trading days."""
-    train: int = 180
-    test: int = 40
-    step: int = 20
+    train: int = DEFAULTS["train"]
+    test: int = DEFAULTS["test"]
+    step: int = DEFAULTS["step"]
 
 
 @dataclass(frozen=True)
 class CostModel:
     """Costs in basis points of traded notional, paid from cash at trade time."""
-    slippage_bps: float = 5.0
-    commission_bps: float = 1.0
+    slippage_bps: float = DEFAULTS["slippage_bps"]
+    commission_bps: float = DEFAULTS["commission_bps"]
 
     @property
     def rate(self) -> float:
@@ -40,24 +40,25 @@ class CostModel:
 
 @dataclass(frozen=True)
 class TournamentConfig:
+    """The defaults and the meaning of each field: tournament.config_fields.FIELDS."""
     windows: WindowSpec = field(default_factory=WindowSpec)
-    selections: tuple[str, ...] = ("all", "momentum", "low_vol")
-    engines: tuple[str, ...] = ("custom", "skfolio", "cvxportfolio")
-    profiles: tuple[str, ...] = PROFILES
-    rebalances: tuple[str, ...] = REBALANCE_MODES
-    fidelity: str = "low"
+    selections: tuple[str, ...] = DEFAULTS["selections"]
+    engines: tuple[str, ...] = DEFAULTS["engines"]
+    profiles: tuple[str, ...] = DEFAULTS["profiles"]
+    rebalances: tuple[str, ...] = DEFAULTS["rebalances"]
+    fidelity: str = DEFAULTS["fidelity"]
     # Explicit simulator list; empty means "the fidelity tier's simulators".
-    simulator_list: tuple[str, ...] = ()
+    simulator_list: tuple[str, ...] = DEFAULTS["simulator_list"]
     costs: CostModel = field(default_factory=CostModel)
-    max_weight: float = 1.0          # per-asset cap, long-only, fully invested
-    top_k: int = 10                  # assets kept by momentum / low_vol / cluster
-    tolerance: float = 0.05          # one-way drift that triggers a trade in `tolerance` mode
-    covariance: str = "ledoit_wolf"  # covariance estimator shared by the engines
-    risk_free: float = 0.0           # daily risk-free rate for max_sharpe
-    annualization: int = 252
+    max_weight: float = DEFAULTS["max_weight"]
+    top_k: int = DEFAULTS["top_k"]
+    tolerance: float = DEFAULTS["tolerance"]
+    covariance: str = DEFAULTS["covariance"]
+    risk_free: float = DEFAULTS["risk_free"]
+    annualization: int = DEFAULTS["annualization"]
     # A window whose cell cannot produce valid weights: "hold" (previous target; cash in a
     # strategy's first window), "cash", or "fail" (the strategy fails). See README.
-    on_infeasible: str = "hold"
+    on_infeasible: str = DEFAULTS["on_infeasible"]
 
     @property
     def simulators(self) -> tuple[str, ...]:
@@ -89,23 +90,6 @@ def digest_of(obj: Any) -> str:
 
 
 # ---------------------------------------------------------------- loading + validation
-_SECTIONS: dict[str, dict[str, str]] = {
-    # toml section -> {toml key: TournamentConfig field}
-    "windows": {"train": "train", "test": "test", "step": "step"},
-    "grid": {"selections": "selections", "engines": "engines", "profiles": "profiles",
-             "rebalances": "rebalances", "fidelity": "fidelity", "simulators": "simulator_list"},
-    "costs": {"slippage_bps": "slippage_bps", "commission_bps": "commission_bps"},
-    "constraints": {"max_weight": "max_weight"},
-    "selection": {"top_k": "top_k"},
-    "rebalance": {"tolerance": "tolerance"},
-    "estimation": {"covariance": "covariance", "risk_free": "risk_free",
-                   "annualization": "annualization"},
-    "solve": {"on_infeasible": "on_infeasible"},
-}
-COVARIANCE_ESTIMATORS = ("ledoit_wolf", "sample")
-INFEASIBLE_POLICIES = ("hold", "cash", "fail")
-
-
 def load_config(path: str | Path | None = None, **overrides: Any) -> TournamentConfig:
     """Read a TOML config (optional) and apply overrides (flat field names, None = unset).
 
@@ -114,130 +98,96 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TournamentC
     source = str(path) if path else "<defaults>"
     flat: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config error in {source}: file not found")
-        try:
-            raw = tomllib.loads(p.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config error in {source}: not valid TOML ({exc})") from None
-        for section, values in raw.items():
-            if section not in _SECTIONS:
-                raise ConfigError(f"config error in {source}: "
-                                  + unknown_name("section", f"[{section}]", [f"[{s}]" for s in _SECTIONS]))
-            if not isinstance(values, dict):
-                raise ConfigError(f"config error in {source}: [{section}] must be a table")
-            for key, value in values.items():
-                if key not in _SECTIONS[section]:
-                    raise ConfigError(f"config error in {source}: "
-                                      + unknown_name(f"key in [{section}]", key, _SECTIONS[section]))
-                flat[_SECTIONS[section][key]] = value
+        flat.update(_read_toml(Path(path), source))
     flat.update({k: v for k, v in overrides.items() if v is not None})
     return build_config(flat, source=source)
 
 
-def _field_location(name: str) -> str:
-    for section, keys in _SECTIONS.items():
-        for key, field_name in keys.items():
-            if field_name == name:
-                return f"[{section}] {key}"
-    return name
+def _read_toml(path: Path, source: str) -> dict[str, Any]:
+    """A TOML config file as flat field names -> values (not yet validated)."""
+    def fail(problem: str):
+        raise ConfigError(f"config error in {source}: {problem}")
+
+    if not path.is_file():
+        fail("file not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        fail(f"not valid TOML ({exc})")
+    flat: dict[str, Any] = {}
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            fail(unknown_name("section", f"[{section}]", [f"[{s}]" for s in SECTIONS]))
+        if not isinstance(values, dict):
+            fail(f"[{section}] must be a table")
+        for key, value in values.items():
+            if key not in SECTIONS[section]:
+                fail(unknown_name(f"key in [{section}]", key, SECTIONS[section]))
+            flat[SECTIONS[section][key].name] = value
+    return flat
 
 
 def build_config(flat: dict[str, Any], *, source: str = "<defaults>") -> TournamentConfig:
-    def fail(name: str, problem: str):
-        raise ConfigError(f"config error in {source}: {_field_location(name)}: {problem}")
-
-    known = {f.name for f in dataclasses.fields(TournamentConfig)} | {
-        "train", "test", "step", "slippage_bps", "commission_bps"}
+    """A TournamentConfig from flat field names -> values; unset fields keep the table's
+    defaults. Values are checked against the table and kept as given (an int cost stays an
+    int: the config's digest sees what the user wrote)."""
     for name in flat:
-        if name not in known:
-            raise ConfigError(f"config error in {source}: " + unknown_name("field", name, known))
+        if name not in FIELDS_BY_NAME:
+            raise ConfigError(f"config error in {source}: "
+                              + unknown_name("field", name, FIELDS_BY_NAME))
+    values = {**DEFAULTS, **{name: _checked(FIELDS_BY_NAME[name], value, source)
+                             for name, value in flat.items()}}
+    windows = WindowSpec(**_take(values, WindowSpec))
+    costs = CostModel(**_take(values, CostModel))
+    return TournamentConfig(windows=windows, costs=costs, **values)
 
-    def names(name: str, valid, *, allow_empty: bool = False) -> tuple[str, ...] | None:
-        if name not in flat:
-            return None
-        value = flat[name]
-        if isinstance(value, str):
+
+def _take(values: dict[str, Any], spec) -> dict[str, Any]:
+    """Pop the fields of the dataclass `spec` (a group of the config) out of `values`."""
+    return {f.name: values.pop(f.name) for f in dataclasses.fields(spec)}
+
+
+def _checked(spec: ConfigField, value: Any, source: str) -> Any:
+    """`value` if it is valid for the field, else ConfigError naming source, key, problem."""
+    def fail(problem: str):
+        raise ConfigError(f"config error in {source}: {spec.location}: {problem}")
+
+    if spec.kind == "choice":
+        if not isinstance(value, str) or value not in spec.choices:
+            fail(unknown_name(spec.noun, value, spec.choices))
+        return value
+    if spec.kind == "names":
+        if isinstance(value, str):          # the CLI's comma list
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            fail(name, f"must be a list of names, got {value!r}")
-        if not value and not allow_empty:
-            fail(name, "must not be empty; valid: " + ", ".join(sorted(valid)))
+            fail(f"must be a list of names, got {value!r}")
+        if not value and not spec.allow_empty:
+            fail("must not be empty; valid: " + ", ".join(sorted(spec.choices)))
         for v in value:
-            if v not in valid:
-                fail(name, unknown_name("name", v, valid))
+            if v not in spec.choices:
+                fail(unknown_name(spec.noun, v, spec.choices))
         if len(set(value)) != len(value):
-            fail(name, f"duplicate names in {list(value)}")
+            fail(f"duplicate names in {list(value)}")
         return tuple(value)
-
-    def number(name: str, kind, lo: float, hi: float | None = None, *, lo_open: bool = False):
-        if name not in flat:
-            return None
-        value = flat[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                kind is int and not isinstance(value, int)):
-            fail(name, f"must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-        if (value <= lo if lo_open else value < lo) or (hi is not None and value > hi):
-            bound = f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
-            fail(name, f"must be {bound}, got {value!r}")
-        return value
-
-    defaults = TournamentConfig()
-    windows = WindowSpec(
-        train=number("train", int, 2) or defaults.windows.train,
-        test=number("test", int, 1) or defaults.windows.test,
-        step=number("step", int, 1) or defaults.windows.step)
-    costs = CostModel(
-        slippage_bps=_pick(number("slippage_bps", float, 0, 1e4), defaults.costs.slippage_bps),
-        commission_bps=_pick(number("commission_bps", float, 0, 1e4), defaults.costs.commission_bps))
-    fidelity = flat.get("fidelity", defaults.fidelity)
-    if fidelity not in FIDELITY_TIERS:
-        fail("fidelity", unknown_name("fidelity", fidelity, FIDELITY_TIERS))
-    covariance = flat.get("covariance", defaults.covariance)
-    if covariance not in COVARIANCE_ESTIMATORS:
-        fail("covariance", unknown_name("covariance estimator", covariance, COVARIANCE_ESTIMATORS))
-    on_infeasible = flat.get("on_infeasible", defaults.on_infeasible)
-    if on_infeasible not in INFEASIBLE_POLICIES:
-        fail("on_infeasible", unknown_name("on_infeasible policy", on_infeasible,
-                                           INFEASIBLE_POLICIES))
-    return TournamentConfig(
-        windows=windows,
-        selections=_pick(names("selections", SELECTIONS), defaults.selections),
-        engines=_pick(names("engines", USER_ENGINES), defaults.engines),
-        profiles=_pick(names("profiles", PROFILES), defaults.profiles),
-        rebalances=_pick(names("rebalances", REBALANCE_MODES), defaults.rebalances),
-        fidelity=fidelity,
-        simulator_list=_pick(names("simulator_list", SIMULATORS, allow_empty=True), ()),
-        costs=costs,
-        max_weight=_pick(number("max_weight", float, 0, 1, lo_open=True), defaults.max_weight),
-        top_k=_pick(number("top_k", int, 1), defaults.top_k),
-        tolerance=_pick(number("tolerance", float, 0, 1, lo_open=True), defaults.tolerance),
-        covariance=covariance,
-        risk_free=_pick(number("risk_free", float, -1, 1), defaults.risk_free),
-        annualization=_pick(number("annualization", int, 1), defaults.annualization),
-        on_infeasible=on_infeasible,
-    )
-
-
-def _pick(value, default):
-    return default if value is None else value
+    # int / float: bool is an int to Python, never a number here
+    is_int = spec.kind == "int"
+    if isinstance(value, bool) or not isinstance(value, int if is_int else (int, float)):
+        fail(f"must be {'an integer' if is_int else 'a number'}, got {value!r}")
+    below = value <= spec.lo if spec.lo_open else value < spec.lo
+    if below or (spec.hi is not None and value > spec.hi):
+        bound = (f"{'>' if spec.lo_open else '>='} {spec.lo}"
+                 + (f" and <= {spec.hi}" if spec.hi is not None else ""))
+        fail(f"must be {bound}, got {value!r}")
+    return value
 
 
 # ---------------------------------------------------------------- names as types (UI, API)
-# The registries' names as Literal types: the Prefect UI offers them as choices, the API
-# validates them, and they cannot drift from the registries (built from the same tuples).
-# The pydantic model of the overrides is tournament.overrides.GridOverrides (pydantic is not
-# imported here: the CLI reads the config before it starts anything, import time counts).
-Fidelity = Literal[tuple(FIDELITY_TIERS)]
-DataKind = Literal["prices", "returns"]
-SelectionName = Literal[SELECTIONS]
-EngineName = Literal[USER_ENGINES]
-ProfileName = Literal[PROFILES]
-RebalanceName = Literal[REBALANCE_MODES]
-SimulatorName = Literal[tuple(SIMULATORS)]
-CovarianceName = Literal[COVARIANCE_ESTIMATORS]
-InfeasiblePolicy = Literal[INFEASIBLE_POLICIES]
+# The flow's own parameters' names as Literal types: the Prefect UI offers them as choices,
+# the API validates them. The config fields' types are built from the same table by
+# tournament.overrides (pydantic is not imported here: the CLI reads the config before it
+# starts anything, import time counts).
+Fidelity = Literal[FIELDS_BY_NAME["fidelity"].choices]
+DataKind = Literal[DATA_KINDS]
 
 
 assert set(USER_ENGINES) <= set(ENGINES)

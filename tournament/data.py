@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config_fields import DEFAULT_SP500_DAYS   # defined beside the config: the CLI reads it
 from .errors import DataError
 
 BUNDLED = "sp500"
 SYNTHETIC = "synthetic"
-DEFAULT_SP500_DAYS = 500
 SYNTHETIC_SHAPE = (1000, 100)     # plain `synthetic` = synthetic:1000x100
 
 

@@ -1,60 +1,61 @@
 """The config overrides as a pydantic model: the typed `overrides` parameter of the
 `tournament` flow (a form in the Prefect UI, validated by the API) and of the grid block.
 
-Kept out of tournament.config so that reading a config (the CLI, before it starts anything)
-does not import pydantic.
+Both are built from the one field table (tournament.config_fields.FIELDS) by `field_model`:
+choices, bounds and descriptions come from there. Kept out of tournament.config so that
+reading a config (the CLI, before it starts anything) does not import pydantic.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from .config import (CovarianceName, EngineName, InfeasiblePolicy, ProfileName, RebalanceName,
-                     SelectionName, SimulatorName)
+from .config_fields import FIELDS, NOT_IN_OVERRIDES, ConfigField
 from .errors import ConfigError
 
+_NUMBER_TYPES = {"int": int, "float": float}
 
-class GridOverrides(BaseModel):
+
+def _pydantic_field(spec: ConfigField, *, alias: bool) -> tuple[Any, Any]:
+    """(annotation, FieldInfo) of an optional field: None = not set (keep the config's)."""
+    bounds: dict[str, Any] = {}
+    if spec.kind in _NUMBER_TYPES:
+        annotation = _NUMBER_TYPES[spec.kind]
+        bounds["gt" if spec.lo_open else "ge"] = spec.lo
+        if spec.hi is not None:
+            bounds["le"] = spec.hi
+    elif spec.kind == "choice":
+        annotation = Literal[spec.choices]
+    else:
+        annotation = list[Literal[spec.choices]]
+        if not spec.allow_empty:
+            bounds["min_length"] = 1
+    if alias and spec.key != spec.name:     # the flat name (the CLI's dict) is accepted too
+        bounds["validation_alias"] = AliasChoices(spec.key, spec.name)
+    return annotation | None, Field(default=None, description=spec.help, **bounds)
+
+
+def field_model(model_name: str, fields=FIELDS, *, alias: bool = False) -> type[BaseModel]:
+    """A pydantic model with one optional field per config field, named by its `key`; a
+    base for the models the UI shows (they add their config and methods)."""
+    return create_model(model_name, __module__=__name__,
+                        **{f.key: _pydantic_field(f, alias=alias) for f in fields})
+
+
+_BY_KEY = {f.key: f for f in FIELDS}
+_OverrideFields = field_model(
+    "_OverrideFields", [f for f in FIELDS if f.name not in NOT_IN_OVERRIDES], alias=True)
+
+
+class GridOverrides(_OverrideFields):
     """Overrides of the config (file or built-in defaults); unset fields keep it.
 
-    The flat field names of `load_config(**overrides)`; `simulators` is also accepted as
-    `simulator_list` (the CLI's name). Unknown keys are refused. Fidelity is not here: it is
-    a parameter of its own."""
+    The fields of tournament.config_fields.FIELDS by their TOML key; `simulators` is also
+    accepted as `simulator_list` (the CLI's name). Unknown keys are refused. Fidelity is not
+    here: it is a parameter of its own."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    selections: list[SelectionName] | None = Field(
-        default=None, min_length=1, description="asset selection modes to run")
-    engines: list[EngineName] | None = Field(
-        default=None, min_length=1, description="optimisation engines to run")
-    profiles: list[ProfileName] | None = Field(
-        default=None, min_length=1, description="portfolio profiles (objectives) to run")
-    rebalances: list[RebalanceName] | None = Field(
-        default=None, min_length=1, description="rebalance modes to simulate")
-    simulators: list[SimulatorName] | None = Field(
-        default=None, validation_alias=AliasChoices("simulators", "simulator_list"),
-        description="explicit simulator list; replaces the fidelity tier's (empty = the tier's)")
-    train: int | None = Field(default=None, ge=2, description="training window, trading days")
-    test: int | None = Field(default=None, ge=1, description="test window, trading days")
-    step: int | None = Field(default=None, ge=1, description="window step, trading days")
-    slippage_bps: float | None = Field(default=None, ge=0, le=1e4,
-                                       description="slippage, bps of traded notional")
-    commission_bps: float | None = Field(default=None, ge=0, le=1e4,
-                                         description="commission, bps of traded notional")
-    max_weight: float | None = Field(default=None, gt=0, le=1,
-                                     description="per-asset weight cap (long-only)")
-    top_k: int | None = Field(default=None, ge=1,
-                              description="assets kept by momentum / low_vol / cluster")
-    tolerance: float | None = Field(default=None, gt=0, le=1,
-                                    description="one-way drift that triggers a trade (tolerance mode)")
-    covariance: CovarianceName | None = Field(default=None, description="covariance estimator")
-    risk_free: float | None = Field(default=None, ge=-1, le=1,
-                                    description="daily risk-free rate for max_sharpe")
-    annualization: int | None = Field(default=None, ge=1, description="periods per year")
-    on_infeasible: InfeasiblePolicy | None = Field(
-        default=None, description="a window that cannot be solved: hold the previous target, "
-        "hold cash, or fail the strategy")
 
     @classmethod
     def coerce(cls, value: "GridOverrides | dict[str, Any] | None") -> "GridOverrides":
@@ -76,6 +77,4 @@ class GridOverrides(BaseModel):
     def to_overrides(self) -> dict[str, Any]:
         """The set fields as `load_config(**overrides)` keywords (`simulator_list`)."""
         out = self.model_dump(exclude_none=True)
-        if "simulators" in out:
-            out["simulator_list"] = out.pop("simulators")
-        return out
+        return {_BY_KEY[key].name: value for key, value in out.items()}
