@@ -83,7 +83,7 @@ def explain_difference(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-OUTPUT_MODULES = {"statistics": ("tournament.leaderboard", "tournament.stats",
+OUTPUT_MODULES = {"statistics": ("tournament.overfitting", "tournament.stats",
                                   "tournament.confidence", "tournament.strategy_paths"),
                   "charts": ("tournament.report",)}
 

@@ -77,7 +77,7 @@ OVERFITTING_COLUMNS = ("n_trials", "stats_simulator", "n_effective_trials", "dsr
                        "dsr_effective", "pbo", "friction_decay", "simulator_sharpe_gap",
                        "temporal_fragility", "kendall_tau")
 
-__all__ = ["add_overfitting_columns", "simulator_agreement", "returns_matrix",
+__all__ = ["add_overfitting_columns", "returns_matrix",
            "OVERFITTING_COLUMNS", "SIMULATOR_FIDELITY"]
 
 
@@ -110,8 +110,10 @@ def returns_matrix(returns: pd.DataFrame, rows: pd.DataFrame) -> tuple[np.ndarra
 
 
 def _moments(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-column (n_obs, skew, kurtosis) exactly as tournament.stats.sharpe_ratio_moments,
-    vectorised for complete columns (the per-column function handles the others)."""
+    """Per-column (n_obs, skew, kurtosis) by the formulas of
+    tournament.stats.sharpe_ratio_moments, vectorised for complete columns (that function
+    handles the others). Not replaced by it: the vectorised sums round differently in the
+    last bits, and the recorded statistics (tests/test_golden.py) are these."""
     n_cols = mat.shape[1]
     n_obs = np.isfinite(mat).sum(axis=0).astype(float)
     skew = np.full(n_cols, np.nan)
@@ -272,28 +274,3 @@ def add_overfitting_columns(results: pd.DataFrame, returns: pd.DataFrame, *,
         tau[(rebal == rebalance) & (sims == sim)] = value
     out.iloc[t_idx, cols["kendall_tau"]] = tau
     return out
-
-
-def simulator_agreement(results: pd.DataFrame) -> pd.DataFrame:
-    """Per strategy x rebalance: final equity under each simulator (ok rows only) and
-    ``max_rel_diff`` = max over the other simulators of |equity - custom| / |custom|
-    (NaN when custom or every other simulator is missing)."""
-    keys4 = [*STRATEGY_KEYS, "rebalance"]
-    ok = results[results["status"] == "ok"]
-    wide = ok.set_index([*keys4, "simulator"])["final_equity"].astype(float).unstack("simulator")
-    order = sorted(wide.columns, key=lambda s: (_fidelity(s), s))
-    wide = wide[order]
-    if BASELINE_SIMULATOR in wide.columns:
-        base = wide[BASELINE_SIMULATOR].to_numpy(dtype=float)
-        others = wide.drop(columns=[BASELINE_SIMULATOR]).to_numpy(dtype=float)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rel = np.abs(others - base[:, None]) / np.abs(base)[:, None]
-        all_nan = np.all(np.isnan(rel), axis=1) if rel.shape[1] else np.ones(len(wide), bool)
-        max_rel = np.where(all_nan, np.nan,
-                           np.nanmax(np.where(np.isnan(rel), -np.inf, rel), axis=1)
-                           if rel.shape[1] else np.nan)
-    else:
-        max_rel = np.full(len(wide), np.nan)
-    wide.columns = [f"final_equity_{s}" for s in wide.columns]
-    wide["max_rel_diff"] = max_rel
-    return wide.reset_index()
