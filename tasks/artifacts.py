@@ -2,7 +2,7 @@
 
     publish_artifacts(out_dir)             # at the end of the parent `tournament` flow
 
-creates, linked to the current flow run (or task run, when called as the task):
+creates, linked to the current flow run:
   * table artifact    `<prefix>-leaderboard`  top strategies by Sharpe + baselines
   * markdown artifact `<prefix>-summary`      summary, top strategies, failures, agreement
   * markdown artifact `<prefix>-report`       the report in the UI: leaderboard and the
@@ -26,9 +26,6 @@ import re
 import socket
 from pathlib import Path
 from typing import Any
-
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from tournament.report import (BOARD_METRICS, KEYS, _md_table, chart_images, confidence_view,
                                extra_columns, leaderboard_frame, leaderboard_table, load_run,
@@ -146,7 +143,3 @@ def publish_artifacts(run_dir: str, *, key_prefix: str | None = None, top: int =
         description=f"{headline}Leaderboard and charts (report.html: {report.resolve()})")
     return {"report": str(report), "table": str(table_id), "markdown": str(md_id),
             "report_artifact": str(report_id)}
-
-
-# The same as a Prefect task (own task run in the UI; artifacts linked to it and the flow run).
-publish_artifacts_task = task(publish_artifacts, name="publish-artifacts", cache_policy=NO_CACHE)

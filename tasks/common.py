@@ -325,13 +325,6 @@ def locked_policy(lock_files_directory: Path | None = None) -> CacheKeyFnPolicy:
         lock_manager=StorageLockManager(lock_files_directory))
 
 
-def with_storage(task, storage, refresh: bool):
-    """`task` writing results to `storage` (a saved filesystem block), its locks next to
-    them; `refresh` recomputes and overwrites cached results."""
-    return task.with_options(result_storage=storage, refresh_cache=refresh,
-                             cache_policy=locked_policy())
-
-
 # ----------------------------------------------------------------------------- audits
 def log_execution(kind: str, cache_key: str, count: int) -> None:
     """Append one line per real execution (not cache hit) when TOURNAMENT_EXECUTION_LOG is set.
