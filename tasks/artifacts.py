@@ -27,9 +27,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from tournament.report import (BOARD_METRICS, KEYS, _md_table, chart_images, confidence_view,
-                               extra_columns, leaderboard_frame, leaderboard_table, load_run,
+from tournament.leaderboard import leaderboard_columns, leaderboard_frame
+from tournament.report import (chart_images, confidence_view, leaderboard_table, load_run,
                                markdown_summary, write_report)
+from tournament.report.format import md_table
 
 # Total base64 bytes of charts inlined into the `-report` artifact (the API stores the
 # markdown in its database and the UI downloads it whole; report.html has every chart).
@@ -87,9 +88,9 @@ def report_markdown(run_dir: str | Path, charts: dict[str, str], *, top: int = 1
                 f"assets ({data.get('start')} to {data.get('end')}); fidelity "
                 f"{(man.get('config') or {}).get('fidelity')}.", ""]
     out += [f"## Top {top} strategies (Sharpe) and baselines", ""]
-    board = leaderboard_frame(results, top=top) if not results.empty else results
-    cols = ["rank", *KEYS, *[m for m in BOARD_METRICS if m in board], *extra_columns(results)]
-    out.append(_md_table(board, cols) if not board.empty else "_no ok results_")
+    board = leaderboard_frame(results, top=top)
+    out.append(md_table(board, leaderboard_columns(results)) if not board.empty
+               else "_no ok results_")
     order = sorted(charts, key=lambda n: (not n.startswith("equity/"), n))
     used, omitted = 0, []
     section = None

@@ -85,7 +85,9 @@ def explain_difference(a: dict, b: dict) -> list[str]:
 
 OUTPUT_MODULES = {"statistics": ("tournament.overfitting", "tournament.stats",
                                   "tournament.confidence", "tournament.strategy_paths"),
-                  "charts": ("tournament.report",)}
+                  # the charts and the leaderboard / frames they draw from
+                  "charts": ("tournament.report.charts", "tournament.report.frames",
+                             "tournament.leaderboard")}
 
 
 def outputs_key(kind: str, *frames, extra=None) -> str:
