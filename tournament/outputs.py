@@ -154,13 +154,3 @@ def run_summary(out_dir: str | Path) -> tuple[list[str], int]:
                      f" [{row.rebalance}/{row.simulator}]: {row.reason}")
     return lines, len(failed)
 
-
-def leaderboard(results: pd.DataFrame, top: int | None = 20) -> pd.DataFrame:
-    """Ok rows by Sharpe (desc), then the rows that did not run, with their status."""
-    ok = results[results["status"] == "ok"].sort_values("sharpe", ascending=False)
-    cols = ["selection", "engine", "profile", "rebalance", "simulator", "sharpe", "cagr",
-            "volatility", "max_drawdown", "turnover", "costs"]
-    extra = [c for c in ("dsr", "pbo", "friction_decay", "temporal_fragility", "mcs", "stepm")
-             if c in results]
-    board = ok[cols + extra]
-    return board.head(top) if top else board
