@@ -393,7 +393,8 @@ def _record_cli_timings(out: str, clock: RunClock, summary: dict) -> None:
 
 
 def _run_legacy(dataset, config, out: str) -> int:
-    from tournament.outputs import finalize_run, leaderboard
+    from tournament.leaderboard import leaderboard_text
+    from tournament.outputs import finalize_run
     from tournament.pipeline import run_legacy
     result = run_legacy(dataset, config)
     manifest = {"mode": "legacy", "config": config.to_dict(), "config_digest": config.digest(),
@@ -402,7 +403,7 @@ def _run_legacy(dataset, config, out: str) -> int:
     results = finalize_run(out, cube=result.cube, results=result.results,
                            returns=result.returns, manifest=manifest,
                            periods=config.annualization)
-    print(leaderboard(results, top=15).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    print(leaderboard_text(results, top=15))
     print(f"wrote {out} (legacy, {result.timings['legacy']:.1f}s)", file=sys.stderr)
 
 

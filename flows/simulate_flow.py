@@ -67,7 +67,7 @@ def simulate(run_dir: str, simulators: list[str] | None = None,
         num_cpus: local Ray CPUs (default: all).
         shared_storage: a local result storage path is shared by every cluster node.
     """
-    from tournament.outputs import leaderboard
+    from tournament.leaderboard import leaderboard_text
     from tournament.stage2 import RESULT_KEYS, ok_strategies, results_frame
     from tournament.windows import make_windows
 
@@ -144,8 +144,7 @@ def simulate(run_dir: str, simulators: list[str] | None = None,
                 ctx, out_dir, results, returns, manifest,
                 ledger_rows=new_results[RESULT_KEYS],
                 ledger_detail={"mode": "simulate", "pairs": pairs})
-            board = leaderboard(results, top=15)
-            print(board.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+            print(leaderboard_text(results, top=15))
             return {"run_id": run_id, "status": status, "out": str(out_dir),
                     "failed": int((results["status"] == FAILED).sum()), "pairs": pairs,
                     "rows": int(len(new_results)), "timings": ctx.timings, "cache": ctx.cache,

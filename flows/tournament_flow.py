@@ -556,7 +556,8 @@ def tournament(fidelity: Fidelity | None = None, data: str | None = None,
     """
     from tasks.outputs import leaderboard_statistics, report_charts
     from tournament.keys import outputs_key
-    from tournament.outputs import finalize_run, leaderboard, update_manifest
+    from tournament.leaderboard import leaderboard_text
+    from tournament.outputs import finalize_run, update_manifest
     from tournament.stage2 import results_frame
 
     quiet_library_logs()
@@ -644,8 +645,7 @@ def tournament(fidelity: Fidelity | None = None, data: str | None = None,
             manifest["race"] = ctx.race[1]
         results, status, published = write_outputs(ctx, out_dir, results, returns, manifest)
         n_failed = int((results["status"] == FAILED).sum())
-        board = leaderboard(results, top=15)
-        print(board.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+        print(leaderboard_text(results, top=15))
         n_fallback = int((ctx.cube.cells["status"] == FALLBACK).sum())
         return {"run_id": run_id, "status": status, "out": str(out_dir),
                 "failed": n_failed, "fallback_windows": n_fallback, "timings": ctx.timings,

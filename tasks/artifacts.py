@@ -2,7 +2,7 @@
 
     publish_artifacts(out_dir)             # at the end of the parent `tournament` flow
 
-creates, linked to the current flow run (or task run, when called as the task):
+creates, linked to the current flow run:
   * table artifact    `<prefix>-leaderboard`  top strategies by Sharpe + baselines
   * markdown artifact `<prefix>-summary`      summary, top strategies, failures, agreement
   * markdown artifact `<prefix>-report`       the report in the UI: leaderboard and the
@@ -27,12 +27,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
-from tournament.report import (BOARD_METRICS, KEYS, _md_table, chart_images, confidence_view,
-                               extra_columns, leaderboard_frame, leaderboard_table, load_run,
+from tournament.leaderboard import leaderboard_columns, leaderboard_frame
+from tournament.report import (chart_images, confidence_view, leaderboard_table, load_run,
                                markdown_summary, write_report)
+from tournament.report.format import md_table
 
 # Total base64 bytes of charts inlined into the `-report` artifact (the API stores the
 # markdown in its database and the UI downloads it whole; report.html has every chart).
@@ -90,9 +88,9 @@ def report_markdown(run_dir: str | Path, charts: dict[str, str], *, top: int = 1
                 f"assets ({data.get('start')} to {data.get('end')}); fidelity "
                 f"{(man.get('config') or {}).get('fidelity')}.", ""]
     out += [f"## Top {top} strategies (Sharpe) and baselines", ""]
-    board = leaderboard_frame(results, top=top) if not results.empty else results
-    cols = ["rank", *KEYS, *[m for m in BOARD_METRICS if m in board], *extra_columns(results)]
-    out.append(_md_table(board, cols) if not board.empty else "_no ok results_")
+    board = leaderboard_frame(results, top=top)
+    out.append(md_table(board, leaderboard_columns(results)) if not board.empty
+               else "_no ok results_")
     order = sorted(charts, key=lambda n: (not n.startswith("equity/"), n))
     used, omitted = 0, []
     section = None
@@ -146,7 +144,3 @@ def publish_artifacts(run_dir: str, *, key_prefix: str | None = None, top: int =
         description=f"{headline}Leaderboard and charts (report.html: {report.resolve()})")
     return {"report": str(report), "table": str(table_id), "markdown": str(md_id),
             "report_artifact": str(report_id)}
-
-
-# The same as a Prefect task (own task run in the UI; artifacts linked to it and the flow run).
-publish_artifacts_task = task(publish_artifacts, name="publish-artifacts", cache_policy=NO_CACHE)

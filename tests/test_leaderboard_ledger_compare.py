@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from tournament import stats
-from tournament.leaderboard import add_overfitting_columns, simulator_agreement
+from tournament.overfitting import add_overfitting_columns
+from tournament.report import agreement_frame
 
 DAYS = 320
 PERIODS = 252
@@ -143,12 +144,12 @@ def test_simulator_sharpe_gap_and_kendall_tau_constructed():
     r0 = out.iloc[0]
     assert r0["temporal_fragility"] == pytest.approx(
         r0["window_sharpe_std"] / abs(r0["window_sharpe_mean"]))
-    agree = simulator_agreement(results)
-    assert {"final_equity_custom", "final_equity_vectorbt", "max_rel_diff"} <= set(agree)
+    agree = agreement_frame(results)
+    assert {"final_equity custom", "final_equity vectorbt", "max rel diff final_equity"} <= set(agree)
     first = agree.iloc[0]
-    assert first["max_rel_diff"] == pytest.approx(
-        abs(first["final_equity_vectorbt"] - first["final_equity_custom"])
-        / first["final_equity_custom"])
+    assert first["max rel diff final_equity"] == pytest.approx(
+        abs(first["final_equity vectorbt"] - first["final_equity custom"])
+        / first["final_equity custom"])
 
 
 def test_simulator_sharpe_gap_nan_when_only_custom_and_fast_on_real_run(quick_run):

@@ -184,7 +184,7 @@ def test_benchmark_is_bought_once_and_held(sp500):
 # ----------------------------------------------------------------------------- 4. DSR trials
 def test_dsr_trial_count_and_value_identical_across_fidelity_tiers(sp500):
     from tournament.config import load_config
-    from tournament.leaderboard import add_overfitting_columns
+    from tournament.overfitting import add_overfitting_columns
     from tournament.pipeline import run_tournament
     grid = dict(engines=["custom"], selections=["all", "momentum"],
                 profiles=["equal_weight", "min_variance", "max_sharpe"],

@@ -83,9 +83,11 @@ def explain_difference(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-OUTPUT_MODULES = {"statistics": ("tournament.leaderboard", "tournament.stats",
+OUTPUT_MODULES = {"statistics": ("tournament.overfitting", "tournament.stats",
                                   "tournament.confidence", "tournament.strategy_paths"),
-                  "charts": ("tournament.report",)}
+                  # the charts and the leaderboard / frames they draw from
+                  "charts": ("tournament.report.charts", "tournament.report.frames",
+                             "tournament.leaderboard")}
 
 
 def outputs_key(kind: str, *frames, extra=None) -> str:

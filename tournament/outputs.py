@@ -71,7 +71,7 @@ def preload_statistics_modules() -> None:
     the ~4.6 s of cold statistics on the default grid). A run that will compute its
     statistics calls this in a thread while its stages run, so the imports overlap them."""
     import arch.bootstrap  # noqa: F401
-    from . import confidence, leaderboard  # noqa: F401
+    from . import confidence, overfitting  # noqa: F401
 
 
 def compute_statistics(results: pd.DataFrame, returns: pd.DataFrame, *, periods: int = 252
@@ -79,7 +79,7 @@ def compute_statistics(results: pd.DataFrame, returns: pd.DataFrame, *, periods:
     """The leaderboard's statistics: overfitting columns, then the confidence set.
     Returns (results with the added columns, the confidence set's settings for the manifest)."""
     from .confidence import add_confidence_columns
-    from .leaderboard import add_overfitting_columns
+    from .overfitting import add_overfitting_columns
     results = add_overfitting_columns(results, returns, periods=periods)
     return add_confidence_columns(results, returns)
 
@@ -154,13 +154,3 @@ def run_summary(out_dir: str | Path) -> tuple[list[str], int]:
                      f" [{row.rebalance}/{row.simulator}]: {row.reason}")
     return lines, len(failed)
 
-
-def leaderboard(results: pd.DataFrame, top: int | None = 20) -> pd.DataFrame:
-    """Ok rows by Sharpe (desc), then the rows that did not run, with their status."""
-    ok = results[results["status"] == "ok"].sort_values("sharpe", ascending=False)
-    cols = ["selection", "engine", "profile", "rebalance", "simulator", "sharpe", "cagr",
-            "volatility", "max_drawdown", "turnover", "costs"]
-    extra = [c for c in ("dsr", "pbo", "friction_decay", "temporal_fragility", "mcs", "stepm")
-             if c in results]
-    board = ok[cols + extra]
-    return board.head(top) if top else board

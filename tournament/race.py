@@ -27,7 +27,7 @@ a `simulate(pairs, strategies)` callback and it decides what each tier simulates
 
 The statistics are untouched by the race: the DSR trial count, the confidence set and SPA
 use the lowest-fidelity simulator that ran every strategy (strategy_paths), i.e. the
-complete cheap-tier matrix; leaderboard.add_overfitting_columns gives the simulators a race
+complete cheap-tier matrix; overfitting.add_overfitting_columns gives the simulators a race
 ran on a subset the cheap tier's PBO (see there).
 """
 from __future__ import annotations
