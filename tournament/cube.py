@@ -19,11 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-OK, FAILED, UNSUPPORTED, FALLBACK = "ok", "failed", "unsupported", "fallback"
-# Statuses whose weights a strategy can trade (a fallback is not a failure).
-TRADABLE = (OK, FALLBACK)
-STRATEGY_KEYS = ["selection", "engine", "profile"]
-CELL_KEYS = ["window_start", *STRATEGY_KEYS]
+from .schema import (CELL_KEYS, CELLS, CUBE_WEIGHTS, FAILED, FALLBACK, OK,  # noqa: F401
+                     STRATEGY_KEYS, TRADABLE, UNSUPPORTED, write_bytes, write_parquet)
+
 CELL_COLUMNS = [*CELL_KEYS, "window_end", "status", "reason", "solver", "solver_status",
                 "residual", "policy", "solve_seconds", "n_selected"]
 _CELL_DEFAULTS = {"solver_status": "", "residual": np.nan, "policy": ""}   # older cubes
@@ -135,7 +133,7 @@ class WeightsCube:
 
     # ------------------------------------------------------------------ persistence
     def to_pickle(self, path: str | Path) -> None:
-        _atomic_write(Path(path), pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+        write_bytes(path, pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
 
     @staticmethod
     def from_pickle(path: str | Path) -> "WeightsCube":
@@ -149,8 +147,8 @@ class WeightsCube:
     def to_parquet(self, directory: str | Path) -> None:
         d = Path(directory)
         long = self.weights_long()
-        _atomic_parquet(long, d / "weights_cube.parquet")
-        _atomic_parquet(self.cells, d / "cells.parquet")
+        write_parquet(d / CUBE_WEIGHTS, long)
+        write_parquet(d / CELLS, self.cells)
 
     def weights_long(self) -> pd.DataFrame:
         n_cells, n_assets = self.weights.shape
@@ -162,13 +160,13 @@ class WeightsCube:
     @staticmethod
     def from_parquet(directory: str | Path) -> "WeightsCube":
         d = Path(directory)
-        cells = _normalise_cells(pd.read_parquet(d / "cells.parquet"))
-        long = pd.read_parquet(d / "weights_cube.parquet")
+        cells = _normalise_cells(pd.read_parquet(d / CELLS))
+        long = pd.read_parquet(d / CUBE_WEIGHTS)
         assets = tuple(long["asset"].cat.categories) if hasattr(long["asset"], "cat") \
             else tuple(dict.fromkeys(long["asset"]))
         n_assets = len(assets)
         if len(long) != len(cells) * n_assets:
-            raise ValueError(f"{d}: weights_cube.parquet has {len(long)} rows, expected "
+            raise ValueError(f"{d}: {CUBE_WEIGHTS} has {len(long)} rows, expected "
                              f"{len(cells)} cells x {n_assets} assets")
         weights = long["weight"].to_numpy(dtype=np.float64).reshape(len(cells), n_assets)
         return WeightsCube(assets, cells, np.ascontiguousarray(weights))
@@ -186,17 +184,3 @@ def _normalise_cells(cells: pd.DataFrame) -> pd.DataFrame:
     cells["residual"] = cells["residual"].astype(np.float64)
     cells["n_selected"] = cells["n_selected"].astype(np.int64)
     return cells.sort_values([*STRATEGY_KEYS, "window_start"], kind="stable").reset_index(drop=True)
-
-
-def _atomic_write(path: Path, blob: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(path)
-
-
-def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
