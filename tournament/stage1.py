@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from .acceptance import INEXACT, accept_status, optimality_residual
 from .cube import FAILED, FALLBACK, OK, UNSUPPORTED, Cell, CellResult, WeightsCube
 from .data import Dataset
 from .engines.base import Engine, EngineError, EngineOutput, EngineParams, check_weights
-from .faults import engine_fault
+from .faults import active_faults, with_engine_faults
 from .registry import get_engine
 from .selection import SelectionError, select
 from .windows import Window, make_windows
@@ -50,15 +50,24 @@ def plan_cells(config: TournamentConfig, windows: list[Window]) -> list[Cell]:
     return sorted(cells, key=lambda c: (c.strategy, c.window))
 
 
+def engine_lookup() -> Callable[[Cell], Engine]:
+    """Cell -> engine, chosen once per chunk. The process's shared instance; under
+    TOURNAMENT_FAULTS (tests only) wrapped per cell, since rules target selections/windows."""
+    if not active_faults():
+        return lambda cell: engine_instance(cell.engine)
+    return lambda cell: with_engine_faults(engine_instance(cell.engine), cell)
+
+
 def solve_cells(returns: np.ndarray, windows: list[Window], cells: Iterable[Cell],
                 config: TournamentConfig) -> list[CellResult]:
     """Solve a chunk of cells. Never raises for a cell: failures become `failed` results."""
     out: list[CellResult] = []
     selections: dict[tuple[int, str], np.ndarray | Exception] = {}
     n_assets = returns.shape[1]
+    engine_for = engine_lookup()
     for cell in cells:
         window = windows[cell.window]
-        engine = engine_instance(cell.engine)
+        engine = engine_for(cell)
         if not engine.supports(cell.profile):
             out.append(CellResult(cell, UNSUPPORTED, reason=f"engine {cell.engine!r} does not "
                                   f"implement profile {cell.profile!r}",
@@ -85,12 +94,8 @@ def solve_cells(returns: np.ndarray, windows: list[Window], cells: Iterable[Cell
                 raise mask
             if not mask.any():
                 raise SelectionError("selection left no eligible assets")
-            fault = engine_fault(cell)            # tests only (tournament.faults); None normally
-            if fault == "raise":
-                raise EngineError("injected solver failure")
             x = np.ascontiguousarray(train[:, mask])
-            output = EngineOutput(np.full(x.shape[1], np.nan), solver="") if fault == "nan" \
-                else engine.weights(x, profile=cell.profile, params=params)
+            output = engine.weights(x, profile=cell.profile, params=params)
             w_sel = check_weights(output.weights, n=int(mask.sum()),
                                   max_weight=params.max_weight)
             if output.solver_status in INEXACT:    # the one status rule (tournament.acceptance)
