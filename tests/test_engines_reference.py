@@ -47,12 +47,9 @@ def _train(data, k: int) -> np.ndarray:
 
 
 def _solve(engine, x, profile, cap=1.0):
-    params = EngineParams(max_weight=cap)
-    engine.solver_ = ""
-    w = check_weights(engine.weights(x, profile=profile, params=params), n=x.shape[1],
-                      max_weight=cap)
-    assert engine.solver_, "engine must label the solver that produced the weights"
-    return w
+    output = engine.weights(x, profile=profile, params=EngineParams(max_weight=cap))
+    assert output.solver, "engine must label the solver that produced the weights"
+    return check_weights(output.weights, n=x.shape[1], max_weight=cap)
 
 
 def _maxdiff(a, b) -> float:

@@ -7,7 +7,7 @@ TOURNAMENT_* variable to the Ray workers, so the rules reach the code that solve
     engine:ENGINE/PROFILE[/SELECTION[/WINDOW]]:ACTION        ACTION = raise | nan
     simulator:SIMULATOR/SELECTION/ENGINE/PROFILE:ACTION      ACTION = raise | short
 
-    engine:custom/min_variance/momentum:raise      solve_cells raises EngineError for those cells
+    engine:custom/min_variance/momentum:raise      the engine raises EngineError for those cells
     engine:skfolio/max_sharpe:nan                  the engine "returns" NaN weights (rejected)
     engine:custom/equal_weight/all/3:nan           only window index 3 of that strategy
     simulator:cvxportfolio/momentum/custom/min_variance:raise
@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+
+import numpy as np
+
+from .engines.base import EngineError, EngineOutput
 
 ENV = "TOURNAMENT_FAULTS"
 ACTIONS = {"engine": ("raise", "nan"), "simulator": ("raise", "short")}
@@ -75,6 +79,31 @@ def _find(kind: str, values: tuple[str, ...]) -> str | None:
 def engine_fault(cell) -> str | None:
     """'raise' | 'nan' | None for a Stage 1 cell (window, selection, engine, profile)."""
     return _find("engine", (cell.engine, cell.profile, cell.selection, str(cell.window)))
+
+
+def with_engine_faults(engine, cell):
+    """`engine` itself, or a wrapper injecting the rule that targets `cell` (Stage 1 asks
+    per cell only while TOURNAMENT_FAULTS is set, so the solve path has no hook)."""
+    action = engine_fault(cell)
+    return engine if action is None else _FaultyEngine(engine, action)
+
+
+class _FaultyEngine:
+    """An engine whose `weights` fails as the rule says; everything else is the engine's.
+
+    'raise': EngineError("injected solver failure"); 'nan': NaN weights that Stage 1's
+    check rejects. Neither reaches a solver, so neither names one."""
+
+    def __init__(self, engine, action: str) -> None:
+        self._engine, self._action = engine, action
+
+    def __getattr__(self, attribute: str):
+        return getattr(self._engine, attribute)
+
+    def weights(self, train: np.ndarray, *, profile: str, params) -> EngineOutput:
+        if self._action == "raise":
+            raise EngineError("injected solver failure")
+        return EngineOutput(np.full(train.shape[1], np.nan), solver="")
 
 
 def simulator_fault(simulator: str, key) -> str | None:

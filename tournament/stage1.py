@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -24,8 +24,8 @@ from .config import TournamentConfig
 from .acceptance import INEXACT, accept_status, optimality_residual
 from .cube import FAILED, FALLBACK, OK, UNSUPPORTED, Cell, CellResult, WeightsCube
 from .data import Dataset
-from .engines.base import EngineError, EngineParams, check_weights
-from .faults import engine_fault
+from .engines.base import Engine, EngineError, EngineOutput, EngineParams, check_weights
+from .faults import active_faults, with_engine_faults
 from .registry import get_engine
 from .selection import SelectionError, select
 from .windows import Window, make_windows
@@ -33,10 +33,10 @@ from .windows import Window, make_windows
 BASELINE = ("all", "baseline", "equal_weight")
 
 # Engines keep compiled cvxpy problems; one instance per process reuses them across chunks.
-_ENGINE_INSTANCES: dict[str, object] = {}
+_ENGINE_INSTANCES: dict[str, Engine] = {}
 
 
-def engine_instance(name: str):
+def engine_instance(name: str) -> Engine:
     if name not in _ENGINE_INSTANCES:
         _ENGINE_INSTANCES[name] = get_engine(name)
     return _ENGINE_INSTANCES[name]
@@ -50,15 +50,24 @@ def plan_cells(config: TournamentConfig, windows: list[Window]) -> list[Cell]:
     return sorted(cells, key=lambda c: (c.strategy, c.window))
 
 
+def engine_lookup() -> Callable[[Cell], Engine]:
+    """Cell -> engine, chosen once per chunk. The process's shared instance; under
+    TOURNAMENT_FAULTS (tests only) wrapped per cell, since rules target selections/windows."""
+    if not active_faults():
+        return lambda cell: engine_instance(cell.engine)
+    return lambda cell: with_engine_faults(engine_instance(cell.engine), cell)
+
+
 def solve_cells(returns: np.ndarray, windows: list[Window], cells: Iterable[Cell],
                 config: TournamentConfig) -> list[CellResult]:
     """Solve a chunk of cells. Never raises for a cell: failures become `failed` results."""
     out: list[CellResult] = []
     selections: dict[tuple[int, str], np.ndarray | Exception] = {}
     n_assets = returns.shape[1]
+    engine_for = engine_lookup()
     for cell in cells:
         window = windows[cell.window]
-        engine = engine_instance(cell.engine)
+        engine = engine_for(cell)
         if not engine.supports(cell.profile):
             out.append(CellResult(cell, UNSUPPORTED, reason=f"engine {cell.engine!r} does not "
                                   f"implement profile {cell.profile!r}",
@@ -74,41 +83,48 @@ def solve_cells(returns: np.ndarray, windows: list[Window], cells: Iterable[Cell
                 selections[key] = SelectionError(f"selection {cell.selection!r} failed: "
                                                  f"{type(exc).__name__}: {exc}")
         mask = selections[key]
-        params = EngineParams(max_weight=1.0 if cell.engine == "baseline" else config.max_weight,
-                              covariance=config.covariance, risk_free=config.risk_free)
+        params = EngineParams(
+            max_weight=config.max_weight if engine.applies_max_weight else 1.0,
+            covariance=config.covariance, risk_free=config.risk_free)
         start = time.perf_counter()
-        engine.solver_, engine.solver_status_ = "", ""
+        output: EngineOutput | None = None
         residual = np.nan
         try:
             if isinstance(mask, Exception):
                 raise mask
             if not mask.any():
                 raise SelectionError("selection left no eligible assets")
-            fault = engine_fault(cell)            # tests only (tournament.faults); None normally
-            if fault == "raise":
-                raise EngineError("injected solver failure")
             x = np.ascontiguousarray(train[:, mask])
-            raw = np.full(int(mask.sum()), np.nan) if fault == "nan" else engine.weights(
-                x, profile=cell.profile, params=params)
-            w_sel = check_weights(raw, n=int(mask.sum()), max_weight=params.max_weight)
-            if engine.solver_status_ in INEXACT:    # the one status rule (tournament.acceptance)
+            output = engine.weights(x, profile=cell.profile, params=params)
+            w_sel = check_weights(output.weights, n=int(mask.sum()),
+                                  max_weight=params.max_weight)
+            if output.solver_status in INEXACT:    # the one status rule (tournament.acceptance)
                 residual = optimality_residual(x, cell.profile, w_sel, cap=params.max_weight,
                                                method=params.covariance,
                                                risk_free=params.risk_free)
-            accept_status(engine.solver_status_, residual, cell.profile)
+            accept_status(output.solver_status, residual, cell.profile)
             weights = np.zeros(n_assets)
             weights[mask] = w_sel
-            out.append(CellResult(cell, OK, solver=engine.solver_,
+            out.append(CellResult(cell, OK, solver=output.solver,
                                   solve_seconds=time.perf_counter() - start, weights=weights,
-                                  solver_status=engine.solver_status_, residual=residual))
+                                  solver_status=output.solver_status, residual=residual))
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, never substituted
+            solver, status = _solver_of(output, exc)
             out.append(CellResult(cell, FAILED, reason=f"{type(exc).__name__}: {exc}",
-                                  solver=getattr(engine, "solver_", ""),
-                                  solve_seconds=time.perf_counter() - start,
-                                  weights=np.zeros(n_assets),
-                                  solver_status=getattr(engine, "solver_status_", ""),
+                                  solver=solver, solve_seconds=time.perf_counter() - start,
+                                  weights=np.zeros(n_assets), solver_status=status,
                                   residual=residual))
     return out
+
+
+def _solver_of(output: EngineOutput | None, exc: Exception) -> tuple[str, str]:
+    """(solver, status) of a failed cell: the engine's output if it returned one (rejected
+    afterwards), else what its EngineError names, else none (no solver was reached)."""
+    if output is not None:
+        return output.solver, output.solver_status
+    if isinstance(exc, EngineError):
+        return exc.solver, exc.solver_status
+    return "", ""
 
 
 def apply_infeasible_policy(results: list[CellResult], policy: str) -> list[CellResult]:

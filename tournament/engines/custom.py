@@ -15,8 +15,9 @@ import warnings
 import cvxpy as cp
 import numpy as np
 
-from ..estimation import covariance, expected_returns
-from .base import Engine, EngineError, EngineParams
+from ..estimation import covariance
+from .base import (Engine, EngineError, EngineOutput, EngineParams, max_sharpe_excess,
+                   require_equal_weight_within_cap)
 
 SOLVER = "CLARABEL"
 # Tighter than Clarabel's defaults (1e-8): weights then agree with skfolio and an SLSQP
@@ -27,57 +28,75 @@ SOLVER_OPTIONS = {"tol_gap_abs": 1e-9, "tol_gap_rel": 1e-9, "tol_feas": 1e-9}
 
 class CustomEngine(Engine):
     name = "custom"
-    supported_profiles = frozenset({"equal_weight", "min_variance", "max_sharpe", "risk_parity"})
+    PROFILE_METHODS = {"equal_weight": "_equal_weight", "min_variance": "_min_variance",
+                       "max_sharpe": "_max_sharpe", "risk_parity": "_risk_parity"}
 
     def __init__(self) -> None:
         self._problems: dict[tuple, tuple[cp.Problem, dict, cp.Variable]] = {}
 
-    def weights(self, train: np.ndarray, *, profile: str, params: EngineParams) -> np.ndarray:
+    def _equal_weight(self, train: np.ndarray, params: EngineParams) -> EngineOutput:
         n = train.shape[1]
-        if profile == "equal_weight":
-            if 1.0 / n > params.max_weight + 1e-12:
-                raise EngineError(f"equal weight 1/{n} exceeds the cap {params.max_weight}")
-            self.solver_ = "closed_form"
-            return np.full(n, 1.0 / n)
-        sigma = covariance(train, params.covariance)
-        if np.linalg.eigvalsh(sigma)[0] <= 0:
-            raise EngineError("covariance is not positive definite")
-        problem, par, var = self._problem(profile, n, params.max_weight)
+        require_equal_weight_within_cap(n, params.max_weight)
+        return EngineOutput(np.full(n, 1.0 / n), solver="closed_form")
+
+    def _min_variance(self, train: np.ndarray, params: EngineParams) -> EngineOutput:
+        sigma = _covariance(train, params.covariance)
+        y, status = self._solve("min_variance", sigma, params.max_weight)
+        return EngineOutput(y, solver=SOLVER, solver_status=status)
+
+    def _max_sharpe(self, train: np.ndarray, params: EngineParams) -> EngineOutput:
+        sigma = _covariance(train, params.covariance)
+        excess = max_sharpe_excess(train, params.risk_free)
+        y, status = self._solve("max_sharpe", sigma, params.max_weight, excess=excess)
+        return EngineOutput(y / y.sum(), solver=SOLVER, solver_status=status)  # y unnormalised
+
+    def _risk_parity(self, train: np.ndarray, params: EngineParams) -> EngineOutput:
+        sigma = _covariance(train, params.covariance)
+        y, status = self._solve("risk_parity", sigma, params.max_weight)
+        w = y / y.sum()                                   # solved in an unnormalised variable
+        if w.max() > params.max_weight + 1e-6:
+            raise EngineError(f"risk parity weight {w.max():.4f} exceeds the cap "
+                              f"{params.max_weight} (risk parity cannot honour caps)",
+                              solver=SOLVER, solver_status=status)
+        return EngineOutput(w, solver=SOLVER, solver_status=status)
+
+    def _solve(self, profile: str, sigma: np.ndarray, cap: float,
+               excess: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+        """Solve the profile's cached problem: (solution variable, cvxpy status)."""
+        problem, par, var = self._problem(profile, sigma.shape[0], cap)
         # Scale so the objective is O(1): daily variances ~1e-4 hurt solver tolerances.
         scale = 1.0 / np.sqrt(np.mean(np.diag(sigma)))
         par["P"].value = sigma * scale ** 2
-        if "mu" in par:
-            excess = expected_returns(train) - params.risk_free
-            if excess.max() <= 0:
-                raise EngineError("max_sharpe infeasible: no asset has expected return above "
-                                  "the risk-free rate in this window")
+        if excess is not None:
             par["mu"].value = excess * scale
-        self.solver_ = SOLVER
         try:
             with warnings.catch_warnings():   # the status is recorded and judged in Stage 1
                 warnings.filterwarnings("ignore", message="Solution may be inaccurate")
                 problem.solve(solver=SOLVER, warm_start=False, **SOLVER_OPTIONS)
         except cp.error.SolverError as exc:
-            self.solver_status_ = cp.SOLVER_ERROR
-            raise EngineError(f"{SOLVER} failed: {exc}") from None
-        self.solver_status_ = str(problem.status)
+            raise EngineError(f"{SOLVER} failed: {exc}", solver=SOLVER,
+                              solver_status=cp.SOLVER_ERROR) from None
+        status = str(problem.status)
         # Any status with a solution goes to Stage 1's one acceptance rule
         # (tournament.acceptance); the others are errors here.
         if problem.status not in cp.settings.SOLUTION_PRESENT or var.value is None:
-            raise EngineError(f"{SOLVER} status {problem.status}")
-        y = np.asarray(var.value, dtype=np.float64)
-        if profile in ("max_sharpe", "risk_parity"):
-            y = y / y.sum()   # both solve in an unnormalised variable
-        if profile == "risk_parity" and y.max() > params.max_weight + 1e-6:
-            raise EngineError(f"risk parity weight {y.max():.4f} exceeds the cap "
-                              f"{params.max_weight} (risk parity cannot honour caps)")
-        return y
+            raise EngineError(f"{SOLVER} status {problem.status}", solver=SOLVER,
+                              solver_status=status)
+        return np.asarray(var.value, dtype=np.float64), status
 
     def _problem(self, profile: str, n: int, cap: float):
         key = (profile, n, cap)
         if key not in self._problems:
             self._problems[key] = _BUILDERS[profile](n, cap)
         return self._problems[key]
+
+
+def _covariance(train: np.ndarray, method: str) -> np.ndarray:
+    """The covariance estimate; the quadratic programs need it positive definite."""
+    sigma = covariance(train, method)
+    if np.linalg.eigvalsh(sigma)[0] <= 0:
+        raise EngineError("covariance is not positive definite")
+    return sigma
 
 
 def _min_variance(n: int, cap: float):

@@ -36,7 +36,8 @@ import numpy as np
 import pandas as pd
 
 from ..estimation import covariance
-from .base import Engine, EngineError, EngineParams
+from .base import (Engine, EngineError, EngineOutput, EngineParams,
+                   require_equal_weight_within_cap)
 
 SOLVER = "CLARABEL"
 # Tighter than Clarabel's defaults (1e-8 gaps), which leave weights up to ~1e-4 off the
@@ -85,46 +86,54 @@ def _recording_spo(cvx):
 
 class CvxportfolioEngine(Engine):
     name = "cvxportfolio"
-    supported_profiles = frozenset({"equal_weight", "min_variance"})
+    PROFILE_METHODS = {"equal_weight": "_equal_weight", "min_variance": "_min_variance"}
 
-    def weights(self, train: np.ndarray, *, profile: str, params: EngineParams) -> np.ndarray:
+    def _equal_weight(self, train: np.ndarray, params: EngineParams) -> EngineOutput:
+        import cvxportfolio as cvx
+
+        n = train.shape[1]
+        require_equal_weight_within_cap(n, float(params.max_weight))
+        return _execute(cvx.Uniform(), "cvxportfolio.Uniform", n)
+
+    def _min_variance(self, train: np.ndarray, params: EngineParams) -> EngineOutput:
         import cvxportfolio as cvx
 
         n = train.shape[1]
         cap = float(params.max_weight)
-        names = [f"a{i}" for i in range(n)]
-        h = pd.Series(np.r_[np.zeros(n), 1.0], index=[*names, CASH])   # all cash, value 1
-        if profile == "equal_weight":
-            if 1.0 / n > cap + 1e-12:
-                raise EngineError(f"equal weight 1/{n} exceeds the cap {cap}")
-            policy, label = cvx.Uniform(), "cvxportfolio.Uniform"
-        elif profile == "min_variance":
-            sigma = covariance(train, params.covariance)
-            sigma = sigma / np.mean(np.diag(sigma))
-            constraints = [cvx.LongOnly(applies_to_cash=True), cvx.NoCash()]
-            if cap < 1:
-                constraints.append(cvx.MaxWeights(cap))
-            policy = _recording_spo(cvx)(
-                -cvx.FullCovariance(pd.DataFrame(sigma, index=names, columns=names)),
-                constraints, include_cash_return=False, fallback_solver=None, solver=SOLVER,
-                **SOLVER_PARAMS)
-            label = f"cvxportfolio.SinglePeriodOptimization/{SOLVER}"
-        else:
-            raise EngineError(f"cvxportfolio engine does not implement profile {profile!r}")
+        names = _asset_names(n)
+        sigma = covariance(train, params.covariance)
+        sigma = sigma / np.mean(np.diag(sigma))
+        constraints = [cvx.LongOnly(applies_to_cash=True), cvx.NoCash()]
+        if cap < 1:
+            constraints.append(cvx.MaxWeights(cap))
+        policy = _recording_spo(cvx)(
+            -cvx.FullCovariance(pd.DataFrame(sigma, index=names, columns=names)),
+            constraints, include_cash_return=False, fallback_solver=None, solver=SOLVER,
+            **SOLVER_PARAMS)
+        return _execute(policy, f"cvxportfolio.SinglePeriodOptimization/{SOLVER}", n)
 
-        self.solver_ = label
-        with _LOCK, _QuietCvxportfolio():
-            try:
-                u, _, _ = policy.execute(h, None, t=_T)
-            except Exception as exc:  # noqa: BLE001 - any cvxportfolio failure -> EngineError
-                self.solver_status_ = _status(policy) or "solver_error"
-                raise EngineError(f"{label} failed: {type(exc).__name__}: {exc}") from None
-        # cvxportfolio returns the weights of any status with a solution (it only raises on
-        # infeasible/unbounded); Stage 1's one status rule judges them.
-        self.solver_status_ = _status(policy)
-        post = (h + u).to_numpy(dtype=np.float64)
-        if not np.isfinite(post).all():
-            raise EngineError(f"{label} returned non-finite weights")
-        if abs(post[-1]) > 1e-6:
-            raise EngineError(f"{label} left cash weight {post[-1]:.3g} (not fully invested)")
-        return post[:-1] / post[:-1].sum()
+
+def _asset_names(n: int) -> list[str]:
+    return [f"a{i}" for i in range(n)]
+
+
+def _execute(policy, label: str, n: int) -> EngineOutput:
+    """Run `policy` once from all cash (value 1); its post-trade weights are the answer."""
+    h = pd.Series(np.r_[np.zeros(n), 1.0], index=[*_asset_names(n), CASH])
+    with _LOCK, _QuietCvxportfolio():
+        try:
+            u, _, _ = policy.execute(h, None, t=_T)
+        except Exception as exc:  # noqa: BLE001 - any cvxportfolio failure -> EngineError
+            raise EngineError(f"{label} failed: {type(exc).__name__}: {exc}", solver=label,
+                              solver_status=_status(policy) or "solver_error") from None
+    # cvxportfolio returns the weights of any status with a solution (it only raises on
+    # infeasible/unbounded); Stage 1's one status rule judges them.
+    status = _status(policy)
+    post = (h + u).to_numpy(dtype=np.float64)
+    if not np.isfinite(post).all():
+        raise EngineError(f"{label} returned non-finite weights", solver=label,
+                          solver_status=status)
+    if abs(post[-1]) > 1e-6:
+        raise EngineError(f"{label} left cash weight {post[-1]:.3g} (not fully invested)",
+                          solver=label, solver_status=status)
+    return EngineOutput(post[:-1] / post[:-1].sum(), solver=label, solver_status=status)

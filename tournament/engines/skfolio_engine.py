@@ -37,7 +37,8 @@ import warnings
 
 import numpy as np
 
-from .base import Engine, EngineError, EngineParams
+from .base import (Engine, EngineError, EngineOutput, EngineParams, max_sharpe_excess,
+                   require_cap_feasible, require_equal_weight_within_cap)
 
 SOLVER = "CLARABEL"
 # skfolio's Clarabel defaults (gaps 1e-9) on a daily-variance (~1e-4) objective leave weights
@@ -66,80 +67,94 @@ def _status(model) -> str:
 
 class SkfolioEngine(Engine):
     name = "skfolio"
-    supported_profiles = frozenset({"equal_weight", "min_variance", "max_sharpe",
-                                    "risk_parity", "hrp"})
+    PROFILE_METHODS = {"equal_weight": "_equal_weight", "min_variance": "_min_variance",
+                       "max_sharpe": "_max_sharpe", "risk_parity": "_risk_parity",
+                       "hrp": "_hrp"}
 
-    def weights(self, train: np.ndarray, *, profile: str, params: EngineParams) -> np.ndarray:
-        from skfolio.exceptions import OptimizationError
-        from skfolio.measures import RiskMeasure
-        from skfolio.optimization import (EqualWeighted, HierarchicalRiskParity, MeanRisk,
-                                          ObjectiveFunction, RiskBudgeting)
-
+    def weights(self, train: np.ndarray, *, profile: str, params: EngineParams) -> EngineOutput:
+        # skfolio's estimators take the cap as a bound: reject an infeasible one up front,
+        # for every profile, instead of reading it from each estimator's failure.
         X = np.ascontiguousarray(train, dtype=np.float64)
-        n = X.shape[1]
-        cap = float(params.max_weight)
-        if n * cap < 1 - 1e-12:
-            raise EngineError(f"infeasible: cap {cap} x {n} assets < 1 (fully invested)")
-        bounds = {"min_weights": 0.0, "max_weights": cap}
-        mean_var = float(np.mean(np.var(X, axis=0, ddof=1)))
-        scale = 1.0 / mean_var if np.isfinite(mean_var) and mean_var > 0 else None  # ~O(1)
-        if profile == "equal_weight":
-            if 1.0 / n > cap + 1e-12:
-                raise EngineError(f"equal weight 1/{n} exceeds the cap {cap}")
-            model, label = EqualWeighted(), "skfolio.EqualWeighted"
-        elif profile == "min_variance":
-            model = MeanRisk(objective_function=ObjectiveFunction.MINIMIZE_RISK,
-                             risk_measure=RiskMeasure.VARIANCE,
-                             prior_estimator=_prior(params.covariance), solver=SOLVER,
-                             solver_params=dict(SOLVER_PARAMS), scale_objective=scale,
-                             save_problem=True, **bounds)
-            label = f"skfolio.MeanRisk/{SOLVER}"
-        elif profile == "max_sharpe":
-            if (X.mean(axis=0) - params.risk_free).max() <= 0:
-                raise EngineError("max_sharpe infeasible: no asset has expected return above "
-                                  "the risk-free rate in this window")
-            model = MeanRisk(objective_function=ObjectiveFunction.MAXIMIZE_RATIO,
-                             risk_measure=RiskMeasure.VARIANCE,
-                             risk_free_rate=params.risk_free,
-                             prior_estimator=_prior(params.covariance), solver=SOLVER,
-                             solver_params=dict(SOLVER_PARAMS), scale_objective=scale,
-                             save_problem=True, **bounds)
-            label = f"skfolio.MeanRisk/{SOLVER}"
-        elif profile == "risk_parity":
-            model = RiskBudgeting(risk_measure=RiskMeasure.VARIANCE,
-                                  prior_estimator=_prior(params.covariance), solver=SOLVER,
-                                  solver_params=dict(SOLVER_PARAMS), scale_objective=scale,
-                                  save_problem=True, **bounds)
-            label = f"skfolio.RiskBudgeting/{SOLVER}"
-        elif profile == "hrp":
-            model = HierarchicalRiskParity(risk_measure=RiskMeasure.VARIANCE,
-                                           prior_estimator=_prior(params.covariance),
-                                           **bounds)
-            label = "skfolio.HierarchicalRiskParity"
-        else:
-            raise EngineError(f"skfolio engine does not implement profile {profile!r}")
+        require_cap_feasible(X.shape[1], float(params.max_weight))
+        return super().weights(X, profile=profile, params=params)
 
-        self.solver_ = label
-        try:
-            with warnings.catch_warnings():
-                # Expected: MAXIMIZE_RATIO + VARIANCE returns max Sharpe (documented above).
-                warnings.filterwarnings("ignore", message=".*MAXIMIZE_RATIO.*VARIANCE.*")
-                # skfolio warns and returns the weights of a non-optimal status that carries
-                # a solution; Stage 1's one status rule judges them (tournament.acceptance).
-                warnings.filterwarnings("ignore", message="Solution may be inaccurate")
-                model.fit(X)
-        except Exception as exc:  # noqa: BLE001 - skfolio/solver failure -> EngineError
-            self.solver_status_ = _status(model) or "solver_error"
-            kind = "" if isinstance(exc, OptimizationError) else f"{type(exc).__name__}: "
-            raise EngineError(f"{label} failed: {kind}{exc}") from None
-        self.solver_status_ = _status(model)
-        w = getattr(model, "weights_", None)
-        if w is None:
-            raise EngineError(f"{label} returned no weights ({getattr(model, 'error_', '')})")
-        w = np.asarray(w, dtype=np.float64).reshape(-1)
-        if not np.isfinite(w).all():
-            raise EngineError(f"{label} returned non-finite weights")
-        if w.max() > cap + 1e-6:
-            raise EngineError(f"{label} weight {w.max():.4f} exceeds the cap {cap} "
-                              f"(the estimator could not honour it)")
-        return w
+    def _equal_weight(self, X: np.ndarray, params: EngineParams) -> EngineOutput:
+        from skfolio.optimization import EqualWeighted
+        require_equal_weight_within_cap(X.shape[1], float(params.max_weight))
+        return _fit(EqualWeighted(), "skfolio.EqualWeighted", X, params)
+
+    def _min_variance(self, X: np.ndarray, params: EngineParams) -> EngineOutput:
+        from skfolio.measures import RiskMeasure
+        from skfolio.optimization import MeanRisk, ObjectiveFunction
+        model = MeanRisk(objective_function=ObjectiveFunction.MINIMIZE_RISK,
+                         risk_measure=RiskMeasure.VARIANCE, **_convex_options(X, params))
+        return _fit(model, f"skfolio.MeanRisk/{SOLVER}", X, params)
+
+    def _max_sharpe(self, X: np.ndarray, params: EngineParams) -> EngineOutput:
+        from skfolio.measures import RiskMeasure
+        from skfolio.optimization import MeanRisk, ObjectiveFunction
+        max_sharpe_excess(X, params.risk_free)
+        model = MeanRisk(objective_function=ObjectiveFunction.MAXIMIZE_RATIO,
+                         risk_measure=RiskMeasure.VARIANCE, risk_free_rate=params.risk_free,
+                         **_convex_options(X, params))
+        return _fit(model, f"skfolio.MeanRisk/{SOLVER}", X, params)
+
+    def _risk_parity(self, X: np.ndarray, params: EngineParams) -> EngineOutput:
+        from skfolio.measures import RiskMeasure
+        from skfolio.optimization import RiskBudgeting
+        model = RiskBudgeting(risk_measure=RiskMeasure.VARIANCE, **_convex_options(X, params))
+        return _fit(model, f"skfolio.RiskBudgeting/{SOLVER}", X, params)
+
+    def _hrp(self, X: np.ndarray, params: EngineParams) -> EngineOutput:
+        from skfolio.measures import RiskMeasure
+        from skfolio.optimization import HierarchicalRiskParity
+        model = HierarchicalRiskParity(risk_measure=RiskMeasure.VARIANCE,
+                                       prior_estimator=_prior(params.covariance),
+                                       **_bounds(params))
+        return _fit(model, "skfolio.HierarchicalRiskParity", X, params)
+
+
+def _bounds(params: EngineParams) -> dict:
+    """Long-only under the cap."""
+    return {"min_weights": 0.0, "max_weights": float(params.max_weight)}
+
+
+def _convex_options(X: np.ndarray, params: EngineParams) -> dict:
+    """Prior, Clarabel settings and O(1) objective scaling shared by the convex estimators."""
+    mean_var = float(np.mean(np.var(X, axis=0, ddof=1)))
+    scale = 1.0 / mean_var if np.isfinite(mean_var) and mean_var > 0 else None  # ~O(1)
+    return {"prior_estimator": _prior(params.covariance), "solver": SOLVER,
+            "solver_params": dict(SOLVER_PARAMS), "scale_objective": scale,
+            "save_problem": True, **_bounds(params)}
+
+
+def _fit(model, label: str, X: np.ndarray, params: EngineParams) -> EngineOutput:
+    """Fit `model` on the training slice; any skfolio/solver failure is an EngineError."""
+    from skfolio.exceptions import OptimizationError
+    cap = float(params.max_weight)
+    try:
+        with warnings.catch_warnings():
+            # Expected: MAXIMIZE_RATIO + VARIANCE returns max Sharpe (documented above).
+            warnings.filterwarnings("ignore", message=".*MAXIMIZE_RATIO.*VARIANCE.*")
+            # skfolio warns and returns the weights of a non-optimal status that carries
+            # a solution; Stage 1's one status rule judges them (tournament.acceptance).
+            warnings.filterwarnings("ignore", message="Solution may be inaccurate")
+            model.fit(X)
+    except Exception as exc:  # noqa: BLE001 - skfolio/solver failure -> EngineError
+        kind = "" if isinstance(exc, OptimizationError) else f"{type(exc).__name__}: "
+        raise EngineError(f"{label} failed: {kind}{exc}", solver=label,
+                          solver_status=_status(model) or "solver_error") from None
+    status = _status(model)
+    w = getattr(model, "weights_", None)
+    if w is None:
+        raise EngineError(f"{label} returned no weights ({getattr(model, 'error_', '')})",
+                          solver=label, solver_status=status)
+    w = np.asarray(w, dtype=np.float64).reshape(-1)
+    if not np.isfinite(w).all():
+        raise EngineError(f"{label} returned non-finite weights", solver=label,
+                          solver_status=status)
+    if w.max() > cap + 1e-6:
+        raise EngineError(f"{label} weight {w.max():.4f} exceeds the cap {cap} "
+                          f"(the estimator could not honour it)", solver=label,
+                          solver_status=status)
+    return EngineOutput(w, solver=label, solver_status=status)
