@@ -31,6 +31,7 @@ from tournament.leaderboard import leaderboard_columns, leaderboard_frame
 from tournament.report import (chart_images, confidence_view, leaderboard_table, load_run,
                                markdown_summary, write_report)
 from tournament.report.format import md_table
+from tournament.schema import REPORT_HTML
 
 # Total base64 bytes of charts inlined into the `-report` artifact (the API stores the
 # markdown in its database and the UI downloads it whole; report.html has every chart).
@@ -108,7 +109,7 @@ def report_markdown(run_dir: str | Path, charts: dict[str, str], *, top: int = 1
     if omitted:
         out += ["", f"_{len(omitted)} more charts in report.html: "
                 + ", ".join(_chart_title(n) for n in omitted) + "_"]
-    where = report_path or str((Path(run_dir) / "report.html").resolve())
+    where = report_path or str((Path(run_dir) / REPORT_HTML).resolve())
     out += ["", f"Full report (every section and chart): `{where}` on host "
             f"`{socket.gethostname()}`.", ""]
     return "\n".join(out)

@@ -1,7 +1,7 @@
 """`tournament compare RUN_A RUN_B`: what changed between two run directories, and why.
 
-Reads from each run directory: cells.parquet + weights_cube.parquet (Stage 1),
-results.parquet (Stage 2), manifest.json, and, when present, cache_keys.json
+Reads from each run directory (tournament.schema): the cells and the cube's weights
+(Stage 1), the results (Stage 2), the manifest, and, when present, the cache-key parts
 ({cache_key: key_parts}, tournament.keys). Reports
 
 * cells: added / removed (by window_start, selection, engine, profile), status changes and
@@ -19,7 +19,6 @@ the fewest differing parts, then the most shared schedule digests.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 from .keys import explain_difference
+from .schema import (CACHE_KEYS, CELL_KEYS, CELLS, CUBE_WEIGHTS, MANIFEST, RESULT_KEYS,
+                     RESULTS, RunDir)
 
-CELL_KEYS = ["window_start", "selection", "engine", "profile"]
-RESULT_KEYS = ["selection", "engine", "profile", "rebalance", "simulator"]
 # Manifest entries that differ on every run and explain nothing.
 VOLATILE_MANIFEST = {"run_id", "timings", "cache", "result_storage", "ledger_head"}
 ATOL = 1e-12
@@ -39,10 +38,6 @@ __all__ = ["compare_runs", "format_comparison"]
 
 
 # ----------------------------------------------------------------------------- loading
-def _read_json(path: Path) -> Any | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(obj, dict):
         out: dict[str, Any] = {}
@@ -53,18 +48,15 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _load(run: str | Path) -> dict[str, Any]:
-    d = Path(run)
-    if not d.is_dir():
-        raise FileNotFoundError(f"run directory not found: {d}")
-    out: dict[str, Any] = {"dir": d}
-    cells_p, weights_p = d / "cells.parquet", d / "weights_cube.parquet"
-    out["cells"] = pd.read_parquet(cells_p) if cells_p.exists() else None
-    out["weights"] = pd.read_parquet(weights_p) if weights_p.exists() else None
-    res_p = d / "results.parquet"
-    out["results"] = pd.read_parquet(res_p) if res_p.exists() else None
-    out["manifest"] = _read_json(d / "manifest.json") or {}
-    out["cache_keys"] = _read_json(d / "cache_keys.json")
-    return out
+    """Every file optional (None when missing: that part of the comparison is unavailable);
+    an unreadable JSON file is an error naming it."""
+    d = RunDir(run).require_dir()
+    return {"dir": d.path,
+            "cells": d.frame(CELLS) if d.has(CELLS) else None,
+            "weights": d.frame(CUBE_WEIGHTS) if d.has(CUBE_WEIGHTS) else None,
+            "results": d.frame(RESULTS) if d.has(RESULTS) else None,
+            "manifest": d.json(MANIFEST) or {},
+            "cache_keys": d.json(CACHE_KEYS)}
 
 
 def _norm_cells(frame: pd.DataFrame) -> pd.DataFrame:

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .schema import OK
 from .strategy_paths import STRATEGY_KEYS, StrategyPaths, strategy_paths
 
 MCS_SIZE = 0.05            # 95% model confidence set
@@ -286,7 +287,7 @@ def add_confidence_columns(results: pd.DataFrame, returns: pd.DataFrame, *,
         merged = res.table.iloc[0:0]
     else:
         merged = out[keys].astype(str).merge(res.table, on=keys, how="left")
-    ok = (out["status"] == "ok").to_numpy() if "status" in out else np.zeros(len(out), bool)
+    ok = (out["status"] == OK).to_numpy() if "status" in out else np.zeros(len(out), bool)
     bench = (out["selection"] == "benchmark").to_numpy() if len(out) else ok
     keep = ok & ~bench
     for col in CONFIDENCE_COLUMNS:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .schema import CELLS, MANIFEST, OK, RESULT_KEYS, RESULTS, STRATEGY_KEYS, RunDir
+
 PHASES = ("startup", "stage1", "stage2", "outputs")
 # A calibration ratio from history is clipped to this range: one odd run (a loaded machine,
 # another grid's tail) must not make the estimate absurd.
@@ -304,7 +306,7 @@ def find_run_dirs(roots: list[str | Path], max_depth: int = 3) -> list[Path]:
             if rd in seen:
                 continue
             seen.add(rd)
-            if (d / "manifest.json").is_file() and (d / "cells.parquet").is_file():
+            if (d / MANIFEST).is_file() and (d / CELLS).is_file():
                 out.append(d)
                 continue
             if depth < max_depth:
@@ -320,17 +322,15 @@ def find_run_dirs(roots: list[str | Path], max_depth: int = 3) -> list[Path]:
 def read_past_run(path: Path) -> PastRun | None:
     import pandas as pd
     try:
-        manifest = json.loads((path / "manifest.json").read_text())
+        run = RunDir(path)
+        manifest = run.json(MANIFEST, required=True)
         if manifest.get("mode") != "two-stage" or "timings" not in manifest:
             return None
-        cells = pd.read_parquet(path / "cells.parquet",
-                                columns=["selection", "engine", "profile", "status",
-                                         "solve_seconds"])
+        cells = run.frame(CELLS, required=True,
+                          columns=[*STRATEGY_KEYS, "status", "solve_seconds"])
         results = None
-        if (path / "results.parquet").is_file():
-            results = pd.read_parquet(path / "results.parquet",
-                                      columns=["selection", "engine", "profile", "rebalance",
-                                               "simulator", "status", "sim_seconds"])
+        if run.has(RESULTS):
+            results = run.frame(RESULTS, columns=[*RESULT_KEYS, "status", "sim_seconds"])
         return PastRun(path, manifest, cells, results)
     except Exception:      # noqa: BLE001 - an unreadable directory is not history
         return None
@@ -375,7 +375,7 @@ def calibrate(model: dict, runs: list[PastRun],
         n_assets, top_k = int(data.get("assets", 0)), int(cfg.get("top_k", 10))
         train = int(cfg.get("windows", {}).get("train", model["stage1"]["ref_train"]))
         cells = run.cells[(run.cells["solve_seconds"] > 0) & (run.cells["engine"] != "baseline")]
-        for (sel, eng, prof), g in cells.groupby(["selection", "engine", "profile"]):
+        for (sel, eng, prof), g in cells.groupby(STRATEGY_KEYS):
             m = cell_seconds(model, eng, prof, problem_size(sel, n_assets, top_k), train)
             for key in (f"{eng}/{prof}", "*"):
                 meas[key] = meas.get(key, 0.0) + float(g["solve_seconds"].sum())
@@ -389,7 +389,7 @@ def calibrate(model: dict, runs: list[PastRun],
             continue
         data = run.manifest.get("data", {})
         horizon = _horizon_of(run.manifest)
-        ok = run.results[(run.results["status"] == "ok") & run.results["sim_seconds"].notna()]
+        ok = run.results[(run.results["status"] == OK) & run.results["sim_seconds"].notna()]
         ok = ok[ok["selection"] != "benchmark"]
         for (sim, reb), g in ok.groupby(["simulator", "rebalance"]):
             # A batched simulator's call overhead is shared by its chunk (one per selection).

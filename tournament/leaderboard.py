@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-STRATEGY = ["selection", "engine", "profile"]
-KEYS = [*STRATEGY, "rebalance", "simulator"]
-BASELINE_ENGINE = "baseline"
+from .schema import BASELINE_ENGINE, OK, RESULT_KEYS, STRATEGY_KEYS
+
+STRATEGY, KEYS = STRATEGY_KEYS, RESULT_KEYS
 # Metrics shown in the leaderboard (when present), then any extra statistics columns.
 BOARD_METRICS = ["sharpe", "cagr", "volatility", "max_drawdown", "turnover", "costs",
                  "final_equity"]
@@ -31,7 +31,7 @@ def ok_rows(results: pd.DataFrame) -> pd.DataFrame:
     """The rows that ran ok (none when the frame has no status column)."""
     if results.empty or "status" not in results:
         return results.iloc[0:0]
-    return results[results["status"] == "ok"]
+    return results[results["status"] == OK]
 
 
 def is_baseline(frame: pd.DataFrame) -> pd.Series:

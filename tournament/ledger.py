@@ -46,11 +46,13 @@ from typing import Any
 
 import pandas as pd
 
+from .schema import FAILED, FALLBACK, LEDGER, OK, UNSUPPORTED
+
 GENESIS = "0" * 64
 KINDS = ("cell", "simulation")
-CORE_STATUSES = ("ok", "failed", "unsupported")
-STATUSES = (*CORE_STATUSES, "fallback")
-LEDGER_FILE = "ledger.jsonl"
+CORE_STATUSES = (OK, FAILED, UNSUPPORTED)     # an intent's outcome (a fallback cell is ok)
+STATUSES = (*CORE_STATUSES, FALLBACK)
+LEDGER_FILE = LEDGER   # kept: the CLI and rerun import it by this name
 
 __all__ = ["Ledger", "LedgerError", "LedgerReport", "verify_ledger", "write_ledger_for_run",
            "cell_key", "simulation_key", "entry_hash", "GENESIS"]
@@ -374,7 +376,7 @@ def _record_run(ledger: Ledger, cube, results: pd.DataFrame, run_id: str | None,
                         "solve_seconds": _num(row["solve_seconds"]),
                         "n_selected": int(row["n_selected"])})
     st = cube.strategies()
-    not_ok = {tuple(x) for x in st.loc[st["status"] != "ok",
+    not_ok = {tuple(x) for x in st.loc[st["status"] != OK,
                                        ["selection", "engine", "profile"]].itertuples(index=False)}
     for row in results.to_dict("records"):
         key = simulation_key(row)

@@ -1,48 +1,23 @@
-"""Run directory writers: every file is written atomically (temp file + rename).
-
-Layout of one run directory:
-  weights_cube.pkl, weights_cube.parquet, cells.parquet   Stage 1 (the cube)
-  results.parquet    one row per (selection, engine, profile, rebalance, simulator)
-  returns.parquet    daily net returns, long form (date + the five keys + net_return)
-  tournament_state.json, manifest.json, ledger.jsonl, report.html
-"""
+"""What a finished run writes into its run directory (the layout is in tournament.schema),
+every file atomically (temp file + rename)."""
 from __future__ import annotations
 
-import json
-import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from .schema import (CACHE_KEYS, CELLS, CUBE_PICKLE, FAILED, FALLBACK, LEDGER, MANIFEST,
+                     RESULT_KEYS, RESULTS, RETURNS, STRATEGY_KEYS, RunDir, write_json,
+                     write_parquet)
+
+__all__ = ["write_json", "write_parquet", "write_run", "finalize_run", "update_manifest",
+           "run_summary", "compute_statistics", "preload_statistics_modules", "library_versions"]
+
 LIBRARIES = ("numpy", "pandas", "scipy", "cvxpy", "clarabel", "skfolio", "cvxportfolio",
              "vectorbt", "nautilus_trader", "prefect", "prefect-ray", "ray", "pyarrow", "arch")
-
-
-def write_json(path: str | Path, obj: Any, *, durable: bool = True) -> None:
-    """Atomic write (readers never see half a file); `durable` also fsyncs it (~10 ms here),
-    which a progress summary rewritten after every chunk can do without."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-        if durable:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
 
 
 def library_versions() -> dict[str, str]:
@@ -59,11 +34,11 @@ def write_run(out_dir: str | Path, *, cube, results: pd.DataFrame, returns: pd.D
               manifest: dict[str, Any]) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cube.to_pickle(out / "weights_cube.pkl")
+    cube.to_pickle(out / CUBE_PICKLE)
     cube.to_parquet(out)
-    write_parquet(out / "results.parquet", results)
-    write_parquet(out / "returns.parquet", returns)
-    write_json(out / "manifest.json", {**manifest, "versions": library_versions()})
+    write_parquet(out / RESULTS, results)
+    write_parquet(out / RETURNS, returns)
+    write_json(out / MANIFEST, {**manifest, "versions": library_versions()})
 
 
 def preload_statistics_modules() -> None:
@@ -99,49 +74,43 @@ def finalize_run(out_dir: str | Path, *, cube, results: pd.DataFrame, returns: p
     `ledger_rows` (a frame holding the five result keys), only those results rows and no
     cells (`tournament simulate`: Stage 1 was not run), its seal carrying `ledger_detail`.
     The whole ledger, earlier segments included, must verify before any run file is written."""
-    from .ledger import LEDGER_FILE, verify_ledger, write_ledger_for_run
-    from .stage2 import RESULT_KEYS
+    from .ledger import verify_ledger, write_ledger_for_run
     out = Path(out_dir)
     if statistics is None:
         statistics = compute_statistics(results, returns, periods=periods)
     results, confidence = statistics
     if ledger_rows is None:
-        head = write_ledger_for_run(out / LEDGER_FILE, cube, results,
+        head = write_ledger_for_run(out / LEDGER, cube, results,
                                     run_id=manifest.get("run_id"), detail=ledger_detail)
     else:
         recorded = results.merge(ledger_rows[RESULT_KEYS].drop_duplicates(), on=RESULT_KEYS,
                                  how="inner")
-        head = write_ledger_for_run(out / LEDGER_FILE, cube, recorded, cells=False,
+        head = write_ledger_for_run(out / LEDGER, cube, recorded, cells=False,
                                     run_id=manifest.get("run_id"), detail=ledger_detail)
-    report = verify_ledger(out / LEDGER_FILE, expected_head=head)
+    report = verify_ledger(out / LEDGER, expected_head=head)
     if not report.ok:   # intents must equal ok + failed + unsupported outcomes
         raise RuntimeError(f"audit ledger check failed: {report.summary()}")
     write_run(out, cube=cube, results=results, returns=returns,
               manifest={**manifest, "ledger_head": head, "confidence": confidence})
     if key_parts is not None:
-        write_json(out / "cache_keys.json", key_parts)
+        write_json(out / CACHE_KEYS, key_parts)
     return results
 
 
 def update_manifest(out_dir: str | Path, **fields: Any) -> dict[str, Any]:
     """Rewrite manifest.json with `fields` replaced (e.g. the final timings)."""
-    path = Path(out_dir) / "manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest.update(fields)
-    write_json(path, manifest)
-    return manifest
+    return RunDir(out_dir).update_json(MANIFEST, **fields)
 
 
 def run_summary(out_dir: str | Path) -> tuple[list[str], int]:
     """(lines, number of failed strategies) of a finished run directory: every failed
     strategy with its first reason, and every fallback window with its reason and policy.
     A strategy is failed when any of its results rows failed (cube or simulator)."""
-    out = Path(out_dir)
-    cells = pd.read_parquet(out / "cells.parquet")
-    results = pd.read_parquet(out / "results.parquet")
-    keys = ["selection", "engine", "profile"]
-    failed = results[results["status"] == "failed"].drop_duplicates(keys)
-    fallback = cells[cells["status"] == "fallback"].sort_values(
+    run = RunDir(out_dir)
+    cells, results = run.frame(CELLS, required=True), run.frame(RESULTS, required=True)
+    keys = STRATEGY_KEYS
+    failed = results[results["status"] == FAILED].drop_duplicates(keys)
+    fallback = cells[cells["status"] == FALLBACK].sort_values(
         [*keys, "window_start"], kind="stable")
     lines = [f"fallback windows: {len(fallback)} in "
              f"{len(fallback.drop_duplicates(keys))} strategies"]

@@ -66,11 +66,8 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-
-RESULT_KEYS = ["selection", "engine", "profile", "rebalance", "simulator"]
-STRATEGY_KEYS = ["selection", "engine", "profile"]
-BENCHMARK_SELECTION = "benchmark"
-SIMULATOR_FIDELITY = ("custom", "vectorbt", "cvxportfolio", "nautilus")
+from .schema import BENCHMARK_SELECTION, OK, RESULT_KEYS, STRATEGY_KEYS
+from .strategy_paths import SIMULATOR_FIDELITY
 BASELINE_SIMULATOR = "custom"
 PBO_SPLITS = 16
 OVERFITTING_COLUMNS = ("n_trials", "stats_simulator", "n_effective_trials", "dsr",
@@ -199,7 +196,7 @@ def add_overfitting_columns(results: pd.DataFrame, returns: pd.DataFrame, *,
     out["stats_simulator"] = pd.Series(None, index=out.index, dtype=object)
     if out.empty:
         return out
-    ok = (out["status"] == "ok").to_numpy()
+    ok = (out["status"] == OK).to_numpy()
     bench = (out["selection"] == BENCHMARK_SELECTION).to_numpy()
     trial = ok & ~bench
     sqrt_p = math.sqrt(periods)

@@ -3,7 +3,8 @@
 Every module names a cell, a strategy or a results row by these key lists, compares statuses
 with these constants and opens run-directory files through `RunDir` (a test reads the source
 and checks that no other module spells them out). Key lists are lists, not tuples, because
-pandas reads `frame[("a", "b")]` as one column named by a tuple.
+pandas reads `frame[("a", "b")]` as one column named by a tuple. Importing this module
+imports neither numpy nor pandas.
 
 A run directory:
 
@@ -24,15 +25,23 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import pandas as pd
+if TYPE_CHECKING:      # pandas is imported when a frame is read: `--plan` stays light
+    import pandas as pd
 
 # ----------------------------------------------------------------------------- keys
 STRATEGY_KEYS = ["selection", "engine", "profile"]            # a strategy's weights
 CELL_KEYS = ["window_start", *STRATEGY_KEYS]                    # one optimisation
 PATH_KEYS = [*STRATEGY_KEYS, "rebalance"]                       # a distinct traded strategy
 RESULT_KEYS = [*PATH_KEYS, "simulator"]                         # one results row
+
+# The baselines every tournament adds: raw-pool equal weight (a real engine, solved in
+# Stage 1) and buy-and-hold of the data's benchmark index (simulated in Stage 2).
+BASELINE_ENGINE = "baseline"
+BASELINE_KEY = ("all", BASELINE_ENGINE, "equal_weight")
+BENCHMARK_KEY = ("benchmark", BASELINE_ENGINE, "buy_and_hold")
+BENCHMARK_SELECTION = BENCHMARK_KEY[0]
 
 # ----------------------------------------------------------------------------- statuses
 OK, FAILED, UNSUPPORTED, FALLBACK = "ok", "failed", "unsupported", "fallback"
@@ -78,7 +87,7 @@ def write_json(path: str | Path, obj: Any, *, durable: bool = True) -> None:
         json.dumps(obj, indent=2, sort_keys=True, default=str)), durable=durable)
 
 
-def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
+def write_parquet(path: str | Path, frame: "pd.DataFrame") -> None:
     atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
@@ -112,6 +121,7 @@ class RunDir:
     # reading
     def frame(self, name: str, *, required: bool = False, default: Any = None,
               columns: list[str] | None = None):
+        import pandas as pd
         if not self.has(name):
             if required:
                 raise FileNotFoundError(f"{self.path / name}: missing")
@@ -137,7 +147,7 @@ class RunDir:
     def write_json(self, name: str, obj: Any, *, durable: bool = True) -> None:
         write_json(self.path / name, obj, durable=durable)
 
-    def write_frame(self, name: str, frame: pd.DataFrame) -> None:
+    def write_frame(self, name: str, frame: "pd.DataFrame") -> None:
         write_parquet(self.path / name, frame)
 
     def update_json(self, name: str, **fields: Any) -> dict[str, Any]:

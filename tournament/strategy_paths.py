@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 
 from .registry import FIDELITY_TIERS
+from .schema import BENCHMARK_SELECTION, OK, PATH_KEYS
 
-STRATEGY_KEYS = ("selection", "engine", "profile", "rebalance")
-BENCHMARK_SELECTION = "benchmark"
+STRATEGY_KEYS = tuple(PATH_KEYS)   # a distinct strategy: weights x rebalance mode
 # The "high" tier lists every built-in simulator in rising fidelity.
 SIMULATOR_FIDELITY = FIDELITY_TIERS["high"]
 
@@ -48,7 +48,7 @@ def _strategy_rows(results: pd.DataFrame) -> pd.DataFrame:
     """ok rows that are strategies (benchmark excluded)."""
     if results.empty or "status" not in results:
         return results.iloc[0:0]
-    keep = (results["status"] == "ok") & (results["selection"] != BENCHMARK_SELECTION)
+    keep = (results["status"] == OK) & (results["selection"] != BENCHMARK_SELECTION)
     return results[keep]
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..leaderboard import BASELINE_ENGINE, KEYS, leaderboard_frame
+from ..schema import OK
 from .format import is_missing
 from .frames import equity_baselines, selections
 
@@ -83,7 +84,7 @@ def heatmap_chart(results: pd.DataFrame, selection: str, simulator: str) -> str 
     engines = list(dict.fromkeys(sub["engine"]))
     profiles = list(dict.fromkeys(sub["profile"]))
     rebalances = list(dict.fromkeys(sub["rebalance"]))
-    ok = sub.assign(sharpe=sub["sharpe"].where(sub["status"] == "ok"))
+    ok = sub.assign(sharpe=sub["sharpe"].where(sub["status"] == OK))
     vals = ok["sharpe"].to_numpy(dtype=float)
     finite = vals[np.isfinite(vals)]
     lim = max(float(np.abs(finite).max()), 1e-6) if finite.size else 1.0

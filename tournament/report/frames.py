@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..leaderboard import KEYS, STRATEGY, is_baseline, leaderboard_frame, ok_rows
+from ..schema import FAILED, FALLBACK, OK, TRADABLE, UNSUPPORTED
 from .format import number
 
 REFERENCE_SIMULATOR = "custom"
@@ -98,7 +99,7 @@ def failures_frames(results: pd.DataFrame, cells: pd.DataFrame) -> tuple[pd.Data
     Stage 2 rows not ok, grouped with the (rebalance/simulator) pairs they affect)."""
     cell_rows = pd.DataFrame()
     if not cells.empty and "status" in cells:
-        bad = cells[~cells["status"].isin(["ok", "fallback"])].copy()   # fallbacks: own section
+        bad = cells[~cells["status"].isin(TRADABLE)].copy()   # fallbacks: own section
         if not bad.empty:
             bad["reason"] = bad.get("reason", pd.Series("", bad.index)).fillna("").astype(str)
             cols = [c for c in (*STRATEGY, "status", "reason") if c in bad]
@@ -110,7 +111,7 @@ def failures_frames(results: pd.DataFrame, cells: pd.DataFrame) -> tuple[pd.Data
             cell_rows = bad.groupby(cols, dropna=False, sort=True).agg(**agg).reset_index()
     result_rows = pd.DataFrame()
     if not results.empty and "status" in results:
-        bad = results[results["status"] != "ok"].copy()
+        bad = results[results["status"] != OK].copy()
         if not bad.empty:
             bad["reason"] = bad["reason"].fillna("").astype(str)
             bad["pair"] = bad["rebalance"].astype(str) + "/" + bad["simulator"].astype(str)
@@ -124,14 +125,14 @@ def fallback_frame(cells: pd.DataFrame) -> pd.DataFrame:
     """Every window resolved by the on_infeasible policy: date, strategy, policy, reason."""
     if cells.empty or "status" not in cells:
         return pd.DataFrame()
-    fb = cells[cells["status"] == "fallback"]
+    fb = cells[cells["status"] == FALLBACK]
     cols = [c for c in ("window_start", *STRATEGY, "policy", "solver_status", "reason") if c in fb]
     return fb.sort_values([*STRATEGY, "window_start"], kind="stable")[cols].reset_index(drop=True)
 
 
 def status_counts(frame: pd.DataFrame) -> dict[str, int]:
     """Rows per status; ok, failed and unsupported always present (0 when none)."""
-    out = {"ok": 0, "failed": 0, "unsupported": 0}
+    out = {OK: 0, FAILED: 0, UNSUPPORTED: 0}
     if not frame.empty and "status" in frame:
         for k, v in frame["status"].value_counts().items():
             out[str(k)] = int(v)

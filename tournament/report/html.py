@@ -6,8 +6,6 @@ are base64 PNGs. All text that comes from data is HTML-escaped.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -17,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..leaderboard import leaderboard_columns
+from ..schema import REPORT_HTML, atomic_write
 from .charts import chart_images
 from .format import esc, fmt, number
 from .frames import (REFERENCE_SIMULATOR, agreement_frame, column_measures, confidence_view,
@@ -237,9 +236,6 @@ def write_report(run_dir: str | Path, *, top: int = 10,
     """Write `report.html` (self-contained) into the run directory; returns its path."""
     run = Path(run_dir)
     text = render_html(run, top=top, charts=charts)
-    path = run / "report.html"
-    fd, tmp = tempfile.mkstemp(dir=run, prefix=".report.html.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    path = run / REPORT_HTML
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path

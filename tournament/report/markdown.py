@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..leaderboard import STRATEGY, leaderboard_columns, leaderboard_frame
+from ..schema import REPORT_HTML
 from .format import json_safe, md, md_table
 from .frames import (REFERENCE_SIMULATOR, agreement_frame, column_measures, confidence_view,
                      failures_frames, fallback_frame, race_view, status_counts, summary_items)
@@ -106,5 +107,5 @@ def markdown_summary(run_dir: str | Path, *, top: int = 10) -> str:
     else:
         out.append(f"Worst 10 of {len(agree)} (relative difference vs {REFERENCE_SIMULATOR}):")
         out += ["", md_table(agree.head(10), list(agree.columns))]
-    out += ["", f"Full report: `{md((run['dir'] / 'report.html').resolve())}`", ""]
+    out += ["", f"Full report: `{md((run['dir'] / REPORT_HTML).resolve())}`", ""]
     return "\n".join(out)
