@@ -161,11 +161,12 @@ def _checked(spec: ConfigField, value: Any, source: str) -> Any:
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             fail(f"must be a list of names, got {value!r}")
+        valid = spec.valid_names
         if not value and not spec.allow_empty:
-            fail("must not be empty; valid: " + ", ".join(sorted(spec.choices)))
+            fail("must not be empty; valid: " + ", ".join(sorted(valid)))
         for v in value:
-            if v not in spec.choices:
-                fail(unknown_name(spec.noun, v, spec.choices))
+            if v not in valid:
+                fail(unknown_name(spec.noun, v, valid))
         if len(set(value)) != len(value):
             fail(f"duplicate names in {list(value)}")
         return tuple(value)

@@ -34,12 +34,23 @@ class ConfigField:
     choices: tuple[str, ...] = ()     # names / choice: the valid names
     noun: str = "name"                # what an unknown name is called in an error
     allow_empty: bool = False         # names: the empty list is a value
+    registry: str = ""                # "engine" / "simulator": valid names are read from the
+                                      # registry when validating (a registered plug-in counts)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"config field {self.name}: unknown kind {self.kind!r}")
         if not self.key:
             object.__setattr__(self, "key", self.name)
+
+    @property
+    def valid_names(self) -> tuple[str, ...]:
+        """The names a value may take now: the registry's for engines and simulators
+        (`choices` is the built-in snapshot the UI's types are made from)."""
+        if self.registry:
+            from .registry import registered_names
+            return registered_names(self.registry)
+        return self.choices
 
     @property
     def location(self) -> str:
@@ -56,7 +67,8 @@ FIELDS: tuple[ConfigField, ...] = (
     ConfigField("selections", "grid", "names", ("all", "momentum", "low_vol"),
                 "asset selection modes to run", choices=SELECTIONS),
     ConfigField("engines", "grid", "names", ("custom", "skfolio", "cvxportfolio"),
-                "optimisation engines to run", choices=USER_ENGINES),
+                "optimisation engines to run", choices=USER_ENGINES,
+                registry="engine"),
     ConfigField("profiles", "grid", "names", PROFILES,
                 "portfolio profiles (objectives) to run", choices=PROFILES),
     ConfigField("rebalances", "grid", "names", REBALANCE_MODES,
@@ -66,7 +78,8 @@ FIELDS: tuple[ConfigField, ...] = (
                 "nautilus", choices=tuple(FIDELITY_TIERS), noun="fidelity"),
     ConfigField("simulator_list", "grid", "names", (),
                 "explicit simulator list; replaces the fidelity tier's (empty = the tier's)",
-                key="simulators", choices=tuple(SIMULATORS), allow_empty=True),
+                key="simulators", choices=tuple(SIMULATORS), allow_empty=True,
+                registry="simulator"),
     ConfigField("train", "windows", "int", 180, "training window, trading days", lo=2),
     ConfigField("test", "windows", "int", 40, "test window, trading days", lo=1),
     ConfigField("step", "windows", "int", 20, "window step, trading days", lo=1),

@@ -62,3 +62,25 @@ def module_of(kind: str, name: str) -> str:
     """Module path implementing an engine/simulator (for code-version digests)."""
     table = {"engine": ENGINES, "simulator": SIMULATORS}[kind]
     return table[name].split(":")[0]
+
+
+def register(kind: str, name: str, target: str) -> None:
+    """Add an engine or simulator: `target` is "module:Class". The built-in ones above are
+    registry lines of the same kind; a plug-in (or a test) calls this before it builds its
+    config. Re-registering a name to another target is an error, never a silent swap."""
+    table = {"engine": ENGINES, "simulator": SIMULATORS}.get(kind)
+    if table is None:
+        raise ConfigError(unknown_name("registry kind", kind, ("engine", "simulator")))
+    if ":" not in target:
+        raise ConfigError(f"register({kind!r}, {name!r}): target must be 'module:Class', "
+                          f"got {target!r}")
+    if table.get(name, target) != target:
+        raise ConfigError(f"{kind} {name!r} is already registered as {table[name]}")
+    table[name] = target
+
+
+def registered_names(kind: str) -> tuple[str, ...]:
+    """The names a config may use now (the baseline engine is not user-selectable)."""
+    if kind == "engine":
+        return tuple(n for n in ENGINES if n != "baseline")
+    return tuple(SIMULATORS)
