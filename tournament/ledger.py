@@ -46,7 +46,7 @@ from typing import Any
 
 import pandas as pd
 
-from .schema import FAILED, FALLBACK, LEDGER, OK, UNSUPPORTED
+from .schema import FAILED, FALLBACK, LEDGER, OK, RESULT_KEYS, STRATEGY_KEYS, UNSUPPORTED
 
 GENESIS = "0" * 64
 KINDS = ("cell", "simulation")
@@ -207,7 +207,7 @@ class LedgerReport:
         state = "OK" if self.ok else "FAILED"
         out = (f"ledger {self.path}: {state}; {self.n_entries} entries, {self.intents} intents, "
                + ", ".join(f"{k} {v}" for k, v in self.outcomes.items())
-               + f"; chain {'ok' if self.chain_ok else 'BROKEN'}"
+               + f"; chain {'intact' if self.chain_ok else 'BROKEN'}"
                + f"; {'sealed' if self.sealed else 'NOT sealed'}")
         return "\n".join([out, *(f"  - {e}" for e in self.errors[:20])])
 
@@ -317,8 +317,7 @@ def cell_key(row) -> str:
 
 
 def simulation_key(row) -> str:
-    return "/".join(str(row[k]) for k in ("selection", "engine", "profile", "rebalance",
-                                         "simulator"))
+    return "/".join(str(row[k]) for k in RESULT_KEYS)
 
 
 def _num(x) -> float | None:
@@ -377,11 +376,11 @@ def _record_run(ledger: Ledger, cube, results: pd.DataFrame, run_id: str | None,
                         "n_selected": int(row["n_selected"])})
     st = cube.strategies()
     not_ok = {tuple(x) for x in st.loc[st["status"] != OK,
-                                       ["selection", "engine", "profile"]].itertuples(index=False)}
+                                       STRATEGY_KEYS].itertuples(index=False)}
     for row in results.to_dict("records"):
         key = simulation_key(row)
         from_cube = (row["selection"], row["engine"], row["profile"]) in not_ok
-        detail = {k: row[k] for k in ("selection", "engine", "profile", "rebalance", "simulator")}
+        detail = {k: row[k] for k in RESULT_KEYS}
         if from_cube:
             detail.update(skipped=True, source="cube")
         ledger.intent("simulation", key, detail)
