@@ -97,6 +97,7 @@ def measure_cells(budget: float = 1.5) -> list[dict]:
 def measure_sims(nautilus: bool = True) -> list[dict]:
     from tournament.data import make_synthetic
     from tournament.registry import get_simulator
+    from tournament.simulators.base import Market, run_simulator
     from tournament.simulators.orders import orders_from_schedule
     out = []
     days, step = 400, 20
@@ -118,15 +119,15 @@ def measure_sims(nautilus: bool = True) -> list[dict]:
                                               rebalance=mode, cost_rate=6e-4)
                 one = orders_from_schedule(w[:1], rows, days, keys=keys[:1], returns=ds.returns,
                                            rebalance=mode, cost_rate=6e-4)
-                sim.simulate(ds.returns, ds.dates, one)               # imports, numba
+                run_simulator(sim, Market(ds.returns, ds.dates), one)               # imports, numba
                 repeat = 3 if batched else 1       # batched calls are short: best of 3
                 t_one = t_all = float("inf")
                 for _ in range(repeat):
                     t0 = time.perf_counter()
-                    sim.simulate(ds.returns, ds.dates, one)
+                    run_simulator(sim, Market(ds.returns, ds.dates), one)
                     t_one = min(t_one, time.perf_counter() - t0)
                     t0 = time.perf_counter()
-                    sim.simulate(ds.returns, ds.dates, orders)
+                    run_simulator(sim, Market(ds.returns, ds.dates), orders)
                     t_all = min(t_all, time.perf_counter() - t0)
                 out.append({"simulator": name, "mode": mode, "n": n, "days": orders.horizon,
                             "strategies": S, "one": t_one, "all": t_all, "batched": batched})

@@ -49,13 +49,15 @@ def make_inputs(mode: str):
             .itertuples(index=False)]
     orders = build_orders(cube, keys, dates=ds.dates, returns=ds.returns, rebalance=mode,
                           cost_rate=0.0006)
-    return ds.returns, orders, tuple(ds.assets)
+    from tournament.simulators.base import Market
+    return Market(ds.returns, ds.dates, tuple(ds.assets)), orders, tuple(ds.assets)
 
 
-def one_backtest(returns, orders, assets, s: int = 0) -> tuple[float, float]:
+def one_backtest(market, orders, assets, s: int = 0) -> tuple[float, float]:
     from tournament.simulators.nautilus_sim import NautilusSimulator
     t0 = time.perf_counter()
-    path = NautilusSimulator().simulate_one(returns, orders, s, assets)
+    sim = NautilusSimulator()
+    path = sim.simulate_one(sim.prepare(market, orders), s)
     return float(np.prod(1 + path.net_returns)), time.perf_counter() - t0
 
 
@@ -74,7 +76,7 @@ def main() -> None:
     ap.add_argument("--mode", default="window", choices=["window", "daily", "tolerance"])
     args = ap.parse_args()
 
-    returns, orders, assets = make_inputs(args.mode)
+    market, orders, assets = make_inputs(args.mode)
     print(f"mode={args.mode} horizon={orders.horizon} assets={len(assets)} k={args.k}")
 
     # ---------------------------------------------------------------- in-process
@@ -83,7 +85,7 @@ def main() -> None:
     print(f"\n[in-process] RSS before: {base:.1f} MB")
     in_proc = []
     for k in range(args.k):
-        final, secs = one_backtest(returns, orders, assets)
+        final, secs = one_backtest(market, orders, assets)
         in_proc.append(rss_mb())
         print(f"  backtest {k + 1:3d}: final equity {final:.6f}  {secs:5.2f} s  "
               f"RSS {in_proc[-1]:7.1f} MB  (+{in_proc[-1] - base:6.1f})")
@@ -100,11 +102,11 @@ def main() -> None:
                                        "MKL_NUM_THREADS": "1"}})
     try:
         @ray.remote(num_cpus=1, max_calls=args.max_calls)
-        def remote_backtest(returns, orders, assets):
-            final, secs = one_backtest(returns, orders, assets)
+        def remote_backtest(market, orders, assets):
+            final, secs = one_backtest(market, orders, assets)
             return os.getpid(), rss_mb(), final, secs
 
-        refs_in = [ray.put(x) for x in (returns, orders, assets)]
+        refs_in = [ray.put(x) for x in (market, orders, assets)]
         driver0 = rss_mb()
         t0 = time.perf_counter()
         refs = [remote_backtest.remote(*refs_in) for _ in range(args.k)]

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 
 from tournament.data import make_synthetic  # noqa: E402
 from tournament.registry import get_simulator  # noqa: E402
+from tournament.simulators.base import Market, run_simulator  # noqa: E402
 from tournament.simulators.orders import orders_from_schedule  # noqa: E402
 
 
@@ -58,15 +59,15 @@ def main() -> None:
         orders = orders_from_schedule(targets, rows, args.days, keys=keys, returns=ds.returns,
                                       rebalance=mode, cost_rate=6e-4)
         custom = get_simulator("custom")
-        custom.simulate(ds.returns, ds.dates, orders)                 # warm
-        t = timed(lambda: custom.simulate(ds.returns, ds.dates, orders), repeat=5)
+        run_simulator(custom, Market(ds.returns, ds.dates), orders)                 # warm
+        t = timed(lambda: run_simulator(custom, Market(ds.returns, ds.dates), orders), repeat=5)
         print(f"{'custom':12} {mode:7} {'all strategies, one call':>30} {t:9.4f} "
               f"{1e3 * t / args.strategies:16.2f}")
         vbt = get_simulator("vectorbt")
         t0 = time.perf_counter()
-        vbt.simulate(ds.returns, ds.dates, orders)                    # first call: numba load/compile
+        run_simulator(vbt, Market(ds.returns, ds.dates), orders)                    # first call: numba load/compile
         first = time.perf_counter() - t0
-        t = timed(lambda: vbt.simulate(ds.returns, ds.dates, orders), repeat=2)
+        t = timed(lambda: run_simulator(vbt, Market(ds.returns, ds.dates), orders), repeat=2)
         print(f"{'vectorbt':12} {mode:7} {'all strategies, one call':>30} {t:9.4f} "
               f"{1e3 * t / args.strategies:16.2f}   (first call {first:.1f}s)")
         few = orders_from_schedule(targets[:args.per_strategy], rows, args.days,
@@ -74,12 +75,12 @@ def main() -> None:
                                    rebalance=mode, cost_rate=6e-4)
         one = orders_from_schedule(targets[:1], rows, args.days, keys=keys[:1],
                                    returns=ds.returns, rebalance=mode, cost_rate=6e-4)
-        t = timed(lambda: vbt.simulate(ds.returns, ds.dates, one), repeat=3)
+        t = timed(lambda: run_simulator(vbt, Market(ds.returns, ds.dates), one), repeat=3)
         print(f"{'vectorbt':12} {mode:7} {'one strategy per call':>30} {t:9.4f} {1e3 * t:16.2f}")
         for name in ("cvxportfolio", "nautilus"):
             sim = get_simulator(name)
-            sim.simulate(ds.returns, ds.dates, one)                   # warm imports
-            t = timed(lambda: sim.simulate(ds.returns, ds.dates, few))
+            run_simulator(sim, Market(ds.returns, ds.dates), one)                   # warm imports
+            t = timed(lambda: run_simulator(sim, Market(ds.returns, ds.dates), few))
             print(f"{name:12} {mode:7} {f'{args.per_strategy} backtests':>30} {t:9.4f} "
                   f"{1e3 * t / args.per_strategy:16.2f}")
 

@@ -282,13 +282,15 @@ def _touch_vectorbt() -> None:
     """A tiny vectorbt simulation: loads its numba functions from the on-disk cache."""
     import numpy as np
 
+    from tournament.simulators.base import Market, run_simulator
     from tournament.simulators.orders import orders_from_schedule
     from tournament.simulators.vectorbt_sim import VectorbtSimulator
     import pandas as pd
     returns = np.zeros((3, 2))
     orders = orders_from_schedule(np.full((1, 1, 2), 0.5), np.array([0]), 2, keys=[("w", "w", "w")],
                                   returns=returns, rebalance="window", cost_rate=0.0)
-    VectorbtSimulator().simulate(returns, pd.bdate_range("2020-01-01", periods=3), orders)
+    run_simulator(VectorbtSimulator(), Market(returns, pd.bdate_range("2020-01-01", periods=3)),
+                  orders)
 
 
 def make_result_storage(location: str | os.PathLike):

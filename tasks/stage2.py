@@ -21,8 +21,8 @@ import pandas as pd
 from prefect import task
 
 from tournament.config import TournamentConfig
-from tournament.cube import FAILED, WeightsCube
-from tournament.simulators.base import SimulationResult
+from tournament.cube import WeightsCube
+from tournament.simulators.base import Market, SimulationResult, failed_result
 from tournament.stage2 import merge_results, simulate_pair
 
 from .common import injected_delay, locked_policy, log_execution
@@ -81,12 +81,13 @@ def _drop_pool(simulator: str, per_process: int) -> None:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _backtest_in_child(simulator: str, returns, dates, orders, assets):
+def _backtest_in_child(simulator: str, market: Market, orders):
     """One strategy's backtest, in the recycled child. Returns (result, memory record)."""
     import psutil
 
+    from tournament.simulators.base import run_simulator
     from tournament.stage2 import simulator_instance
-    result = simulator_instance(simulator).simulate(returns, dates, orders, assets)
+    result = run_simulator(simulator_instance(simulator), market, orders)
     mb = 1024 * 1024
     return result, {"pid": os.getpid(), "rss_mb": psutil.Process().memory_info().rss / mb,
                     "peak_mb": _peak_rss_mb()}
@@ -115,29 +116,24 @@ def simulate_recycled(returns: np.ndarray, dates: pd.DatetimeIndex, cube: Weight
     from concurrent.futures.process import BrokenProcessPool
 
     from tournament.simulators.orders import build_orders
-    from tournament.simulators.base import _empty_result
     if not keys:
         return simulate_pair(returns, dates, cube, keys, rebalance=rebalance,
                              simulator=simulator, config=config), []
     orders = build_orders(cube, keys, dates=dates, returns=returns, rebalance=rebalance,
                           cost_rate=config.costs.rate, tolerance=config.tolerance)
+    market = Market(returns, dates, cube.assets)
     parts, workers = [], []
     for s in range(len(keys)):
         one = replace(orders, keys=[orders.keys[s]], targets=orders.targets[s:s + 1],
                       trade=orders.trade[s:s + 1])
         try:
             part, info = _pool(simulator, per_process).submit(
-                _backtest_in_child, simulator, returns, dates, one, tuple(cube.assets)).result()
+                _backtest_in_child, simulator, market, one).result()
         except BrokenProcessPool as exc:     # the child died (OOM, segfault): this one fails
             _drop_pool(simulator, per_process)
-            part, info = _empty_result(simulator, one, dates), {}
-            part.net_returns[:] = np.nan
-            part.reason = [f"{simulator}: backtest process died ({exc})"]
+            part = failed_result(simulator, one, market.horizon_dates(one),
+                                 f"{simulator}: backtest process died ({exc})")
+            info = {}
         parts.append(part)
         workers.append(info)
-    result = merge_results(parts)
-    if result.net_returns.shape != (len(keys), orders.horizon):
-        result.status = [FAILED] * len(keys)
-        result.reason = [f"{simulator}: returned {result.net_returns.shape[-1]} days, expected "
-                         f"{orders.horizon}"] * len(keys)
-    return result, workers
+    return merge_results(parts), workers

@@ -24,6 +24,7 @@ from tournament.config import load_config
 from tournament.cube import FAILED, OK
 from tournament.data import load_dataset
 from tournament.simulators import nautilus_sim
+from tournament.simulators.base import Market, run_simulator
 from tournament.simulators.custom import CustomSimulator
 from tournament.simulators.nautilus_sim import NautilusSimulator
 from tournament.simulators.orders import build_orders
@@ -49,15 +50,15 @@ def setup():
     assert 2 <= len(keys) <= 4
     orders = {m: build_orders(cube, keys, dates=ds.dates, returns=ds.returns, rebalance=m,
                               cost_rate=COST_RATE) for m in MODES}
-    custom = {m: CustomSimulator().simulate(ds.returns, ds.dates, orders[m]) for m in MODES}
-    return ds, keys, orders, custom
+    market = Market(ds.returns, ds.dates, ds.assets)
+    custom = {m: run_simulator(CustomSimulator(), market, orders[m]) for m in MODES}
+    return market, keys, orders, custom
 
 
 @pytest.fixture(scope="module")
 def nautilus_results(setup):
-    ds, _, orders, _ = setup
-    return {m: NautilusSimulator().simulate(ds.returns, ds.dates, orders[m], ds.assets)
-            for m in MODES}
+    market, _, orders, _ = setup
+    return {m: run_simulator(NautilusSimulator(), market, orders[m]) for m in MODES}
 
 
 def _rel(a, b):
@@ -99,9 +100,9 @@ def _one_day_late(orders):
 
 
 def test_one_day_late_breaks_parity(setup):
-    ds, keys, orders, custom = setup
+    market, keys, orders, custom = setup
     late = _one_day_late(orders["window"])
-    res = NautilusSimulator().simulate(ds.returns, ds.dates, late, ds.assets)
+    res = run_simulator(NautilusSimulator(), market, late)
     assert res.status == [OK] * len(keys), res.reason
     ref = custom["window"]
     final = _rel(res.equity[:, -1], ref.equity[:, -1])
@@ -110,19 +111,19 @@ def test_one_day_late_breaks_parity(setup):
     assert (curve > 10 * TOL).all()
     assert np.median(final) > 10 * TOL
     # and nautilus still agrees with the reference on the late orders themselves
-    ref_late = CustomSimulator().simulate(ds.returns, ds.dates, late)
+    ref_late = run_simulator(CustomSimulator(), market, late)
     assert _rel(res.equity[:, -1], ref_late.equity[:, -1]).max() < TOL
 
 
 def test_short_run_is_failed_with_reason(setup, monkeypatch):
-    ds, keys, orders, _ = setup
+    market, keys, orders, _ = setup
     real = nautilus_sim.horizon_prices
 
     def fewer_days(returns, o):
         return real(returns, o)[:-1]          # the engine then simulates H - 1 days
 
     monkeypatch.setattr(nautilus_sim, "horizon_prices", fewer_days)
-    res = NautilusSimulator().simulate(ds.returns, ds.dates, orders["window"], ds.assets)
+    res = run_simulator(NautilusSimulator(), market, orders["window"])
     H = orders["window"].horizon
     assert res.status == [FAILED] * len(keys)
     for reason in res.reason:
@@ -132,7 +133,7 @@ def test_short_run_is_failed_with_reason(setup, monkeypatch):
 
 
 def test_error_inside_engine_is_failed_and_next_run_works(setup, monkeypatch):
-    ds, keys, orders, custom = setup
+    market, keys, orders, custom = setup
     o = dataclasses.replace(orders["window"], keys=keys[:1])
     real = nautilus_sim._strategy_class
 
@@ -147,21 +148,22 @@ def test_error_inside_engine_is_failed_and_next_run_works(setup, monkeypatch):
         return Broken
 
     monkeypatch.setattr(nautilus_sim, "_strategy_class", broken_class)
-    res = NautilusSimulator().simulate(ds.returns, ds.dates, o, ds.assets)
+    res = run_simulator(NautilusSimulator(), market, o)
     assert res.status == [FAILED]
     assert res.reason[0].startswith("nautilus: ")
     monkeypatch.setattr(nautilus_sim, "_strategy_class", real)
     # a later, valid run in the same process still works
-    res = NautilusSimulator().simulate(ds.returns, ds.dates, o, ds.assets)
+    res = run_simulator(NautilusSimulator(), market, o)
     assert res.status == [OK], res.reason
     assert _rel(res.equity[0, -1], custom["window"].equity[0, -1]) < TOL
 
 
 def test_three_consecutive_backtests_in_one_process(setup):
-    ds, keys, orders, custom = setup
+    market, keys, orders, custom = setup
     sim = NautilusSimulator()
     o = orders["tolerance"]
-    paths = [sim.simulate_one(ds.returns, o, 0, ds.assets) for _ in range(3)]
+    ctx = sim.prepare(market, o)
+    paths = [sim.simulate_one(ctx, 0) for _ in range(3)]
     ref = custom["tolerance"].equity[0, -1]
     for p in paths:
         assert p.net_returns.shape == (o.horizon,)

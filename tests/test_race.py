@@ -13,6 +13,7 @@ import pytest
 from tournament import registry, stage2
 from tournament.race import (RaceSettings, RaceStopped, annotate, promote, race_tiers,
                              run_stage2_race)
+from tournament.simulators.base import Paths
 from tournament.simulators.custom import CustomSimulator
 
 
@@ -21,28 +22,21 @@ class ReversingSimulator(CustomSimulator):
     """Disagrees on purpose: every path's daily returns negated (Sharpe ranking reversed)."""
     name = "toy_reverse"
 
-    def simulate(self, returns, dates, orders, assets=()):
-        res = super().simulate(returns, dates, orders, assets)
-        res.simulator = self.name
-        res.net_returns = -res.net_returns
-        return res
+    def simulate(self, market, orders):
+        paths = super().simulate(market, orders)
+        return Paths(net_returns=-paths.net_returns, turnover=paths.turnover, costs=paths.costs)
 
 
 class CloneSimulator(CustomSimulator):
     """Agrees: the custom kernel under another name."""
     name = "toy_clone"
 
-    def simulate(self, returns, dates, orders, assets=()):
-        res = super().simulate(returns, dates, orders, assets)
-        res.simulator = self.name
-        return res
-
 
 @pytest.fixture
 def toys(monkeypatch):
     for cls in (ReversingSimulator, CloneSimulator):
         monkeypatch.setitem(registry.SIMULATORS, cls.name, f"{__name__}:{cls.__name__}")
-        monkeypatch.setitem(stage2._SIMULATORS, cls.name, cls())
+    monkeypatch.setattr(stage2, "_SIMULATORS", {})     # instances from the registry above
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ import pytest
 from tournament.config import load_config
 from tournament.cube import FAILED, OK
 from tournament.data import load_dataset
-from tournament.simulators.base import clean_returns
+from tournament.simulators.base import Market, clean_returns, run_simulator
 from tournament.simulators.custom import CustomSimulator, simulate_paths
 from tournament.simulators.orders import build_orders
 from tournament.stage1 import run_stage1
@@ -58,9 +58,9 @@ def setup():
     assert 6 <= len(keys) <= 13
     orders = {m: build_orders(cube, keys, dates=ds.dates, returns=ds.returns, rebalance=m,
                               cost_rate=COST_RATE, tolerance=config.tolerance) for m in MODES}
-    custom = {m: CustomSimulator().simulate(ds.returns, ds.dates, orders[m], ds.assets)
-              for m in MODES}
-    return {"ds": ds, "cube": cube, "keys": keys, "orders": orders, "custom": custom,
+    market = Market(ds.returns, ds.dates, ds.assets)
+    custom = {m: run_simulator(CustomSimulator(), market, orders[m]) for m in MODES}
+    return {"ds": ds, "market": market, "cube": cube, "keys": keys, "orders": orders, "custom": custom,
             "tolerance": config.tolerance}
 
 
@@ -68,12 +68,11 @@ def setup():
 def results(setup):
     """Each simulator run once per mode (vectorbt: one batched call per mode)."""
     from tournament.registry import get_simulator
-    ds = setup["ds"]
     out = {}
     for name in ("vectorbt", "cvxportfolio"):
         sim = get_simulator(name)
         for m in MODES:
-            out[name, m] = sim.simulate(ds.returns, ds.dates, setup["orders"][m], ds.assets)
+            out[name, m] = run_simulator(sim, setup["market"], setup["orders"][m])
     return out
 
 
@@ -135,7 +134,8 @@ def test_vectorbt_one_day_late_breaks_parity(setup, mode):
     from tournament.simulators.vectorbt_sim import VectorbtSimulator
     ds = setup["ds"]
     late = np.vstack([ds.returns[1:], np.zeros((1, ds.n_assets))])   # row t holds R[t+1]
-    res = VectorbtSimulator().simulate(late, ds.dates, setup["orders"][mode], ds.assets)
+    res = run_simulator(VectorbtSimulator(), Market(late, ds.dates, ds.assets),
+                        setup["orders"][mode])
     ref = setup["custom"][mode]
     rel = _final_rel(res, ref)
     # one final number can cross back by chance (daily mode: one strategy at ~2e-5), so the
@@ -147,10 +147,10 @@ def test_vectorbt_one_day_late_breaks_parity(setup, mode):
 
 def test_cvxportfolio_unshifted_returns_break_parity(setup):
     from tournament.simulators.cvxportfolio_sim import CvxportfolioSimulator
-    ds, orders = setup["ds"], setup["orders"]["window"]
+    orders = setup["orders"]["window"]
     sim = CvxportfolioSimulator()
     sim.shift_returns = False                 # one-day look-ahead
-    res = sim.simulate(ds.returns, ds.dates, orders, ds.assets)
+    res = run_simulator(sim, setup["market"], orders)
     assert res.status == [OK] * len(orders.keys)
     ref = setup["custom"]["window"]
     rel = _final_rel(res, ref)
@@ -162,7 +162,6 @@ def test_cvxportfolio_unshifted_returns_break_parity(setup):
 # ---------------------------------------------------------------- failure isolation
 def test_cvxportfolio_failure_is_isolated(setup, monkeypatch):
     import tournament.simulators.cvxportfolio_sim as mod
-    ds = setup["ds"]
     orders = _subset(setup["orders"]["window"], range(3))
     real = mod.run_one
 
@@ -172,7 +171,7 @@ def test_cvxportfolio_failure_is_isolated(setup, monkeypatch):
         return real(sim, frame, orders_, s)
 
     monkeypatch.setattr(mod, "run_one", flaky)
-    res = mod.CvxportfolioSimulator().simulate(ds.returns, ds.dates, orders, ds.assets)
+    res = run_simulator(mod.CvxportfolioSimulator(), setup["market"], orders)
     assert res.status == [OK, FAILED, OK]
     assert "cvxportfolio" in res.reason[1] and "boom for strategy 1" in res.reason[1]
     assert res.reason[0] == res.reason[2] == ""
@@ -184,14 +183,13 @@ def test_cvxportfolio_failure_is_isolated(setup, monkeypatch):
 
 def test_vectorbt_failure_marks_every_strategy_failed(setup, monkeypatch):
     import tournament.simulators.vectorbt_sim as mod
-    ds = setup["ds"]
     orders = setup["orders"]["daily"]
 
     def broken(*args, **kwargs):
         raise RuntimeError("numba exploded")
 
     monkeypatch.setattr(mod, "run_vectorbt", broken)
-    res = mod.VectorbtSimulator().simulate(ds.returns, ds.dates, orders, ds.assets)
+    res = run_simulator(mod.VectorbtSimulator(), setup["market"], orders)
     assert res.status == [FAILED] * len(orders.keys)
     assert all("vectorbt" in r and "numba exploded" in r for r in res.reason)
     assert np.isnan(res.net_returns).all()       # never substituted by another simulator

@@ -15,17 +15,24 @@ TOURNAMENT_* variable to the Ray workers, so the rules reach the code that solve
 
 `*` matches anything in a field. Unknown kinds/actions are a ValueError (a typo in a test
 must not silently inject nothing). With the variable unset both hooks return None at the cost
-of one dict lookup. Results computed under injected faults are kept apart in the cache
-(tasks.common.key_from_parameters adds the rules to the key).
+of one dict lookup. Simulator rules never reach a simulator's own code: when any is set,
+`tournament.registry.get_simulator` wraps the simulator (`with_simulator_faults`). A batched
+simulator (custom, vectorbt) fails as a whole, as a real batched failure does: a matching
+strategy's `raise` fails the batch, its `short` makes every path a day short. Results
+computed under injected faults are kept apart in the cache (tasks.common.key_from_parameters
+adds the rules to the key).
 """
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
 
 from .engines.base import EngineError, EngineOutput
+from .simulators.base import (BatchSimulator, Market, Orders, Paths, PerStrategySimulator,
+                              Simulator, StrategyPath)
 
 ENV = "TOURNAMENT_FAULTS"
 ACTIONS = {"engine": ("raise", "nan"), "simulator": ("raise", "short")}
@@ -109,3 +116,52 @@ class _FaultyEngine:
 def simulator_fault(simulator: str, key) -> str | None:
     """'raise' | 'short' | None for one strategy key (selection, engine, profile)."""
     return _find("simulator", (simulator, *map(str, key)))
+
+
+def simulator_faults_active() -> bool:
+    """True when TOURNAMENT_FAULTS holds at least one simulator rule."""
+    text = active_faults()
+    return bool(text) and any(kind == "simulator" for kind, _, _ in parse_faults(text))
+
+
+def with_simulator_faults(simulator: Simulator) -> Simulator:
+    """`simulator` with the TOURNAMENT_FAULTS simulator rules applied around its calls."""
+    if isinstance(simulator, BatchSimulator):
+        return _FaultyBatch(simulator)
+    if isinstance(simulator, PerStrategySimulator):
+        return _FaultyPerStrategy(simulator)
+    raise TypeError(f"cannot inject faults into {type(simulator).__name__}")
+
+
+def _short(path):
+    """The same path(s) one day short: the last axis loses its last day."""
+    return replace(path, net_returns=path.net_returns[..., :-1],
+                   turnover=path.turnover[..., :-1], costs=path.costs[..., :-1])
+
+
+class _FaultyBatch(BatchSimulator):
+    def __init__(self, inner: BatchSimulator):
+        self.inner, self.name, self.code_version = inner, inner.name, inner.code_version
+
+    def simulate(self, market: Market, orders: Orders) -> Paths:
+        actions = {simulator_fault(self.name, key) for key in orders.keys}
+        if "raise" in actions:
+            raise RuntimeError("injected simulator failure")
+        paths = self.inner.simulate(market, orders)
+        return _short(paths) if "short" in actions else paths
+
+
+class _FaultyPerStrategy(PerStrategySimulator):
+    def __init__(self, inner: PerStrategySimulator):
+        self.inner, self.name, self.code_version = inner, inner.name, inner.code_version
+
+    def prepare(self, market: Market, orders: Orders):
+        return self.inner.prepare(market, orders), list(orders.keys)
+
+    def simulate_one(self, ctx, s: int) -> StrategyPath:
+        inner_ctx, keys = ctx
+        action = simulator_fault(self.name, keys[s])
+        if action == "raise":
+            raise RuntimeError("injected simulator failure")
+        path = self.inner.simulate_one(inner_ctx, s)
+        return _short(path) if action == "short" else path

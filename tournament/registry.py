@@ -52,10 +52,14 @@ def get_engine(name: str):
 
 
 def get_simulator(name: str):
-    """Return a simulator instance by name; unknown names list the valid ones."""
+    """Return a simulator instance by name; unknown names list the valid ones. Under
+    TOURNAMENT_FAULTS simulator rules (tests only) it comes wrapped to inject them."""
     if name not in SIMULATORS:
         raise ConfigError(unknown_name("simulator", name, SIMULATORS))
-    return _load(SIMULATORS[name])()
+    simulator = _load(SIMULATORS[name])()
+    # imported here so that listing names stays import-light
+    from .faults import simulator_faults_active, with_simulator_faults
+    return with_simulator_faults(simulator) if simulator_faults_active() else simulator
 
 
 def module_of(kind: str, name: str) -> str:

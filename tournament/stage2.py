@@ -14,25 +14,28 @@ import numpy as np
 import pandas as pd
 
 from .config import TournamentConfig
-from .cube import FAILED, OK, STRATEGY_KEYS, WeightsCube
+from .cube import OK, STRATEGY_KEYS, WeightsCube
 from .data import Dataset
+from .faults import active_faults
 from .metrics import SCALAR_METRICS, compute_metrics, sharpe_ratio
 from .registry import get_simulator
-from .simulators.base import SimulationResult, clean_returns
+from .simulators.base import Market, SimulationResult, clean_returns, run_simulator
 from .simulators.custom import simulate_paths
 from .simulators.orders import build_orders, horizon_rows, orders_from_schedule
 
 RESULT_KEYS = ["selection", "engine", "profile", "rebalance", "simulator"]
 BENCHMARK_KEY = ("benchmark", "baseline", "buy_and_hold")
 
-# Simulator instances per process (nautilus/cvxportfolio keep imports warm).
-_SIMULATORS: dict[str, object] = {}
+# Simulator instances per process (nautilus/cvxportfolio keep imports warm), keyed by name
+# and the fault rules in force (tests only) so an instance never outlives its rules.
+_SIMULATORS: dict[tuple[str, str], object] = {}
 
 
 def simulator_instance(name: str):
-    if name not in _SIMULATORS:
-        _SIMULATORS[name] = get_simulator(name)
-    return _SIMULATORS[name]
+    key = (name, active_faults())
+    if key not in _SIMULATORS:
+        _SIMULATORS[key] = get_simulator(name)
+    return _SIMULATORS[key]
 
 
 def simulation_pairs(config: TournamentConfig) -> list[tuple[str, str]]:
@@ -50,13 +53,8 @@ def simulate_pair(returns: np.ndarray, dates: pd.DatetimeIndex, cube: WeightsCub
     """Simulate `keys` (a chunk of ok strategies) under one rebalance mode and simulator."""
     orders = build_orders(cube, keys, dates=dates, returns=returns, rebalance=rebalance,
                           cost_rate=config.costs.rate, tolerance=config.tolerance)
-    result = simulator_instance(simulator).simulate(returns, dates, orders, cube.assets)
-    # Never trust a simulator's day count: a short path is a failure, not a result.
-    if result.net_returns.shape != (len(keys), orders.horizon):
-        result.status = [FAILED] * len(keys)
-        result.reason = [f"{simulator}: returned {result.net_returns.shape[-1]} days, expected "
-                         f"{orders.horizon}"] * len(keys)
-    return result
+    return run_simulator(simulator_instance(simulator), Market(returns, dates, cube.assets),
+                         orders)
 
 
 def simulate_benchmark(dataset: Dataset, cube: WeightsCube, config: TournamentConfig,
@@ -74,23 +72,23 @@ def simulate_benchmark(dataset: Dataset, cube: WeightsCube, config: TournamentCo
     buy_once[:, 0] = True
     paths = simulate_paths(np.nan_to_num(bench), orders.start, targets, orders.target_index,
                            trade=buy_once, cost_rate=config.costs.rate)
-    return SimulationResult("custom", rebalance, [BENCHMARK_KEY],
-                            pd.DatetimeIndex(dataset.dates[orders.start:end + 1]),
-                            paths.net_returns, paths.turnover, paths.costs, [OK], [""],
-                            np.zeros(1))
+    return SimulationResult(simulator="custom", rebalance=rebalance, keys=[BENCHMARK_KEY],
+                            dates=pd.DatetimeIndex(dataset.dates[orders.start:end + 1]),
+                            net_returns=paths.net_returns, turnover=paths.turnover,
+                            costs=paths.costs, status=[OK], reason=[""], seconds=np.zeros(1))
 
 
 def merge_results(parts: list[SimulationResult]) -> SimulationResult:
     """Concatenate strategy chunks of the same (rebalance, simulator) pair."""
     first = parts[0]
-    return SimulationResult(first.simulator, first.rebalance,
-                            [k for p in parts for k in p.keys], first.dates,
-                            np.vstack([p.net_returns for p in parts]),
-                            np.vstack([p.turnover for p in parts]),
-                            np.vstack([p.costs for p in parts]),
-                            [s for p in parts for s in p.status],
-                            [r for p in parts for r in p.reason],
-                            np.concatenate([p.seconds for p in parts]))
+    return SimulationResult(simulator=first.simulator, rebalance=first.rebalance,
+                            keys=[k for p in parts for k in p.keys], dates=first.dates,
+                            net_returns=np.vstack([p.net_returns for p in parts]),
+                            turnover=np.vstack([p.turnover for p in parts]),
+                            costs=np.vstack([p.costs for p in parts]),
+                            status=[s for p in parts for s in p.status],
+                            reason=[r for p in parts for r in p.reason],
+                            seconds=np.concatenate([p.seconds for p in parts]))
 
 
 def frictionless_sharpe(cube: WeightsCube, dataset: Dataset, config: TournamentConfig

@@ -1,4 +1,20 @@
-"""The simulator interface and the one accounting convention all simulators share.
+"""The simulator protocol and the one accounting convention all simulators share.
+
+Protocol: a simulator is told everything per call and keeps nothing per call on `self`
+(warm imports and caches of immutable things are fine). It gets a `Market` (the returns,
+dates and asset names) and the `Orders` (which days trade, to which target; built once in
+`orders.py`, so rebalance modes mean the same everywhere), and is one of two kinds:
+
+* `BatchSimulator.simulate(market, orders) -> Paths`: all S strategies at once (S x H arrays).
+  A failure fails the whole batch, with its reason.
+* `PerStrategySimulator.prepare(market, orders) -> ctx` (what the strategies share, e.g. a
+  market frame), then `simulate_one(ctx, s) -> StrategyPath` (H arrays) for each strategy s.
+  A failure fails that strategy only; a failed `prepare` fails every strategy.
+
+`run_simulator(simulator, market, orders)` is the one place that times, checks shapes and
+finiteness, records failures as values (never replaced by another simulator) and builds the
+`SimulationResult`. A new simulator is one file here (a class with `name`, `code_version`
+and the methods of its kind) plus one line in `tournament.registry.SIMULATORS`.
 
 Convention (see README "Accounting"):
 * returns row t is the simple return from close t-1 to close t (NaN gap -> 0%);
@@ -8,22 +24,39 @@ Convention (see README "Accounting"):
 * holdings carry across windows; a strategy is ONE continuous path from the first rebalance
   day to the end of the last test window (no date twice);
 * one-way turnover = sum |traded notional| / (2 x pre-trade value).
-
-Every simulator receives the same `Orders` (which days trade, to which target) built once in
-`orders.py`, so rebalance modes mean the same everywhere.
 """
 from __future__ import annotations
 
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from ..cube import FAILED, OK
-from ..faults import simulator_fault
+
+
+@dataclass(frozen=True, eq=False)
+class Market:
+    """What every simulator reads: T x N returns (NaN = gap, never written), T dates and the
+    N asset names (for simulators that label instruments)."""
+    returns: np.ndarray
+    dates: pd.DatetimeIndex
+    assets: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if len(self.dates) != self.returns.shape[0]:
+            raise ValueError(f"{len(self.dates)} dates for {self.returns.shape[0]} return rows")
+
+    @property
+    def available(self) -> np.ndarray:
+        """T x N availability mask: True where the asset has a price that day."""
+        return np.isfinite(self.returns)
+
+    def horizon_dates(self, orders: Orders) -> pd.DatetimeIndex:
+        return pd.DatetimeIndex(self.dates[orders.start:orders.end + 1])
 
 
 @dataclass(frozen=True)
@@ -66,9 +99,17 @@ class SimulationResult:
         return np.cumprod(1 + self.net_returns, axis=1)
 
 
-@dataclass
+@dataclass(frozen=True)
+class Paths:
+    """What a batched simulator returns: S x H arrays."""
+    net_returns: np.ndarray
+    turnover: np.ndarray
+    costs: np.ndarray
+
+
+@dataclass(frozen=True)
 class StrategyPath:
-    """What a one-strategy-at-a-time simulator returns for a strategy."""
+    """What a per-strategy simulator returns for one strategy: H arrays."""
     net_returns: np.ndarray
     turnover: np.ndarray
     costs: np.ndarray
@@ -78,54 +119,114 @@ class Simulator:
     name: ClassVar[str]
     code_version: ClassVar[str] = "1"
 
-    def simulate(self, returns: np.ndarray, dates: pd.DatetimeIndex, orders: Orders,
-                 assets: tuple[str, ...] = ()) -> SimulationResult:
-        """Default: loop over strategies with `simulate_one`, each failure isolated."""
-        S, H = len(orders.keys), orders.horizon
-        out = _empty_result(self.name, orders, dates)
-        for s in range(S):
-            t0 = time.perf_counter()
-            try:
-                fault = simulator_fault(self.name, orders.keys[s])   # tests only; None normally
-                if fault == "raise":
-                    raise RuntimeError("injected simulator failure")
-                path = self.simulate_one(returns, orders, s, assets)
-                if fault == "short":
-                    path = StrategyPath(path.net_returns[:-1], path.turnover[:-1], path.costs[:-1])
-                _check_path(path, H)
-                out.net_returns[s], out.turnover[s], out.costs[s] = (
-                    path.net_returns, path.turnover, path.costs)
-                out.status[s], out.reason[s] = OK, ""
-            except Exception as exc:  # noqa: BLE001 - recorded, never replaced by another sim
-                out.status[s] = FAILED
-                out.reason[s] = f"{self.name}: {type(exc).__name__}: {exc}"
-                out.net_returns[s] = np.nan
-                if not str(exc):
-                    out.reason[s] += " " + traceback.format_exc(limit=2)
-            out.seconds[s] = time.perf_counter() - t0
-        return out
 
-    def simulate_one(self, returns: np.ndarray, orders: Orders, s: int,
-                     assets: tuple[str, ...]) -> StrategyPath:
+class BatchSimulator(Simulator):
+    def simulate(self, market: Market, orders: Orders) -> Paths:
         raise NotImplementedError
 
 
-def _empty_result(name: str, orders: Orders, dates: pd.DatetimeIndex) -> SimulationResult:
-    S, H = len(orders.keys), orders.horizon
-    return SimulationResult(name, orders.rebalance, list(orders.keys),
-                            pd.DatetimeIndex(dates[orders.start:orders.end + 1]),
-                            np.zeros((S, H)), np.zeros((S, H)), np.zeros((S, H)),
-                            [FAILED] * S, ["not simulated"] * S, np.zeros(S))
+class PerStrategySimulator(Simulator):
+    def prepare(self, market: Market, orders: Orders) -> Any:
+        """What the strategies of one call share (default: the market and the orders)."""
+        return market, orders
+
+    def simulate_one(self, ctx: Any, s: int) -> StrategyPath:
+        raise NotImplementedError
 
 
-def _check_path(path: StrategyPath, horizon: int) -> None:
+def run_simulator(simulator: Simulator, market: Market, orders: Orders) -> SimulationResult:
+    """Simulate every strategy of `orders`; failures are recorded per strategy, with reasons."""
+    out = failed_result(simulator.name, orders, market.horizon_dates(orders), "not simulated")
+    if not orders.keys:
+        return out
+    if isinstance(simulator, BatchSimulator):
+        _run_batch(simulator, market, orders, out)
+    elif isinstance(simulator, PerStrategySimulator):
+        _run_each(simulator, market, orders, out)
+    else:
+        raise TypeError(f"{type(simulator).__name__} is neither a BatchSimulator nor a "
+                        "PerStrategySimulator")
+    return out
+
+
+def _run_batch(simulator: BatchSimulator, market: Market, orders: Orders,
+               out: SimulationResult) -> None:
+    shape = (len(orders.keys), orders.horizon)
+    ok, paths, _ = _for_all(simulator, out,
+                            lambda: _check_shapes(simulator.simulate(market, orders), shape))
+    if not ok:
+        return
+    finite = np.isfinite(paths.net_returns).all(axis=1)
+    for s in range(shape[0]):
+        if finite[s]:
+            _record(out, s, paths.net_returns[s], paths.turnover[s], paths.costs[s])
+        else:
+            out.reason[s] = f"{simulator.name}: non-finite net returns"
+
+
+def _run_each(simulator: PerStrategySimulator, market: Market, orders: Orders,
+              out: SimulationResult) -> None:
+    ok, ctx, shared = _for_all(simulator, out, lambda: simulator.prepare(market, orders))
+    if not ok:
+        return
+    for s in range(len(orders.keys)):
+        t0 = time.perf_counter()
+        try:
+            path = simulator.simulate_one(ctx, s)
+            _check_shapes(path, (orders.horizon,))
+            if not np.isfinite(path.net_returns).all():
+                raise RuntimeError("non-finite net returns")
+            _record(out, s, path.net_returns, path.turnover, path.costs)
+        except Exception as exc:  # noqa: BLE001 - isolated to this strategy
+            out.reason[s] = _reason(simulator.name, exc)
+        out.seconds[s] = shared + time.perf_counter() - t0      # + its share of prepare
+
+
+def _for_all(simulator: Simulator, out: SimulationResult, call) -> tuple[bool, Any, float]:
+    """`call()` on behalf of every strategy: (ok, its value, seconds per strategy). Each
+    strategy is charged an equal share of the time; on an exception each fails with it."""
+    S = len(out.keys)
+    t0 = time.perf_counter()
+    try:
+        value, ok = call(), True
+    except Exception as exc:  # noqa: BLE001 - recorded, never replaced by another sim
+        value, ok = None, False
+        out.reason[:] = [_reason(simulator.name, exc)] * S
+    out.seconds[:] = (time.perf_counter() - t0) / S
+    return ok, value, float(out.seconds[0])
+
+
+def _record(out: SimulationResult, s: int, net, turnover, costs) -> None:
+    out.net_returns[s], out.turnover[s], out.costs[s] = net, turnover, costs
+    out.status[s], out.reason[s] = OK, ""
+
+
+def _reason(name: str, exc: Exception) -> str:
+    reason = f"{name}: {type(exc).__name__}: {exc}"
+    return reason if str(exc) else reason + " " + traceback.format_exc(limit=2)
+
+
+def _check_shapes(paths: Paths | StrategyPath, shape: tuple[int, ...]) -> Paths | StrategyPath:
     for name in ("net_returns", "turnover", "costs"):
-        arr = np.asarray(getattr(path, name))
-        if arr.shape != (horizon,):
-            raise RuntimeError(f"returned {arr.shape[0] if arr.ndim else 0} days of {name}, "
-                               f"expected {horizon}")
-    if not np.isfinite(path.net_returns).all():
-        raise RuntimeError("non-finite net returns")
+        got = np.shape(getattr(paths, name))
+        if got != shape:
+            other = "" if got[:-1] == shape[:-1] else f" (shape {got}, expected {shape})"
+            raise RuntimeError(f"returned {got[-1] if got else 0} days of {name}, expected "
+                               f"{shape[-1]}{other}")
+    return paths
+
+
+def failed_result(simulator: str, orders: Orders, dates: pd.DatetimeIndex,
+                  reason: str) -> SimulationResult:
+    """Every strategy of `orders` failed with `reason` (NaN returns); filled in on success."""
+    S, H = len(orders.keys), orders.horizon
+    net_returns = np.zeros((S, H))
+    net_returns[:] = np.nan
+    return SimulationResult(simulator=simulator, rebalance=orders.rebalance,
+                            keys=list(orders.keys), dates=pd.DatetimeIndex(dates),
+                            net_returns=net_returns, turnover=np.zeros((S, H)),
+                            costs=np.zeros((S, H)), status=[FAILED] * S, reason=[reason] * S,
+                            seconds=np.zeros(S))
 
 
 def clean_returns(returns: np.ndarray) -> np.ndarray:

@@ -5,27 +5,21 @@ the other simulators are checked against.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
-from ..cube import OK
-from .base import Orders, SimulationResult, Simulator, clean_returns
+from .base import BatchSimulator, Market, Orders, Paths, clean_returns
 
 
-@dataclass
-class Paths:
-    net_returns: np.ndarray   # S x H
-    turnover: np.ndarray      # S x H
-    costs: np.ndarray         # S x H
+@dataclass(frozen=True)
+class KernelPaths(Paths):
     trade: np.ndarray         # S x H bool (the trades actually made)
 
 
 def simulate_paths(returns: np.ndarray, start: int, targets: np.ndarray, target_index: np.ndarray,
                    *, trade: np.ndarray | None, cost_rate: float,
-                   tolerance: float | None = None) -> Paths:
+                   tolerance: float | None = None) -> KernelPaths:
     """Simulate S strategies over H = len(target_index) days starting at row `start`.
 
     Either `trade` (S x H explicit orders) or `tolerance` (decide trades from drift) is given.
@@ -73,22 +67,14 @@ def simulate_paths(returns: np.ndarray, start: int, targets: np.ndarray, target_
         net[:, i] = new_value_after / value_after - 1.0
         value_after = new_value_after
         made[:, i] = m
-    return Paths(net, turnover, costs, made)
+    return KernelPaths(net_returns=net, turnover=turnover, costs=costs, trade=made)
 
 
-class CustomSimulator(Simulator):
+class CustomSimulator(BatchSimulator):
     name = "custom"
     code_version = "1"
 
-    def simulate(self, returns: np.ndarray, dates: pd.DatetimeIndex, orders: Orders,
-                 assets: tuple[str, ...] = ()) -> SimulationResult:
-        t0 = time.perf_counter()
-        paths = simulate_paths(clean_returns(returns), orders.start, orders.targets,
-                               orders.target_index, trade=orders.trade,
-                               cost_rate=orders.cost_rate)
-        S = len(orders.keys)
-        seconds = np.full(S, (time.perf_counter() - t0) / max(S, 1))
-        return SimulationResult(self.name, orders.rebalance, list(orders.keys),
-                                pd.DatetimeIndex(dates[orders.start:orders.end + 1]),
-                                paths.net_returns, paths.turnover, paths.costs,
-                                [OK] * S, [""] * S, seconds)
+    def simulate(self, market: Market, orders: Orders) -> KernelPaths:
+        return simulate_paths(clean_returns(market.returns), orders.start, orders.targets,
+                              orders.target_index, trade=orders.trade,
+                              cost_rate=orders.cost_rate)

@@ -15,13 +15,13 @@ Mapping to the shared convention:
 from __future__ import annotations
 
 import logging
-import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from .base import Orders, SimulationResult, Simulator, StrategyPath, clean_returns
+from .base import Market, Orders, PerStrategySimulator, StrategyPath, clean_returns
 
 CASH = "_CASH_"
 INITIAL_VALUE = 1.0e6
@@ -52,14 +52,13 @@ def _schedule_policy_class(cvx):
     return ScheduleWeights
 
 
-def market_returns(returns: np.ndarray, dates: pd.DatetimeIndex, orders: Orders,
-                   assets: tuple[str, ...], *, shift: bool = True) -> pd.DataFrame:
+def market_returns(market: Market, orders: Orders, *, shift: bool = True) -> pd.DataFrame:
     """Horizon returns in cvxportfolio's convention (row t earns t -> t+1), with cash column.
 
     `shift=False` feeds our unshifted rows (a one-day look-ahead; used only to show that
     parity catches it).
     """
-    R = clean_returns(returns)
+    R = clean_returns(market.returns)
     start, end, H = orders.start, orders.end, orders.horizon
     N = R.shape[1]
     rows = np.zeros((H + 1, N))
@@ -68,10 +67,10 @@ def market_returns(returns: np.ndarray, dates: pd.DatetimeIndex, orders: Orders,
         rows[:nxt.shape[0]] = nxt
     else:
         rows[:H] = R[start:end + 1]
-    index = pd.DatetimeIndex(dates[start:end + 1])
+    index = market.horizon_dates(orders)
     extra = index[-1] + (index[-1] - index[-2] if H > 1 else pd.Timedelta(days=1))
     index = index.append(pd.DatetimeIndex([extra]))
-    names = list(assets) if len(assets) == N else [f"A{i}" for i in range(N)]
+    names = list(market.assets) if len(market.assets) == N else [f"A{i}" for i in range(N)]
     frame = pd.DataFrame(rows, index=index, columns=names)
     frame[CASH] = 0.0
     return frame
@@ -115,34 +114,22 @@ def run_one(sim, frame: pd.DataFrame, orders: Orders, s: int) -> StrategyPath:
                         costs=cost / v)
 
 
-class CvxportfolioSimulator(Simulator):
+@dataclass(frozen=True)
+class Prepared:
+    """What the strategies of one call share: the market frame and its MarketSimulator."""
+    frame: pd.DataFrame
+    market_simulator: object
+    orders: Orders
+
+
+class CvxportfolioSimulator(PerStrategySimulator):
     name = "cvxportfolio"
     code_version = "1"
     shift_returns: bool = True     # False only to demonstrate the look-ahead (tests)
 
-    def __init__(self):
-        # (id(returns), frame, MarketSimulator) shared by the strategies of one simulate()
-        self._market = None
+    def prepare(self, market: Market, orders: Orders) -> Prepared:
+        frame = market_returns(market, orders, shift=self.shift_returns)
+        return Prepared(frame, make_market_simulator(frame, orders.cost_rate), orders)
 
-    def simulate(self, returns: np.ndarray, dates: pd.DatetimeIndex, orders: Orders,
-                 assets: tuple[str, ...] = ()) -> SimulationResult:
-        self._market = None
-        try:
-            frame = market_returns(returns, dates, orders, assets, shift=self.shift_returns)
-            self._market = (id(returns), frame, make_market_simulator(frame, orders.cost_rate))
-        except Exception as exc:  # noqa: BLE001 - reported by simulate_one for every strategy
-            self._market = exc
-        try:
-            return super().simulate(returns, dates, orders, assets)
-        finally:
-            self._market = None
-
-    def simulate_one(self, returns: np.ndarray, orders: Orders, s: int,
-                     assets: tuple[str, ...]) -> StrategyPath:
-        if isinstance(self._market, Exception):
-            raise RuntimeError(f"market data setup failed: {type(self._market).__name__}: "
-                               f"{self._market}") from self._market
-        if self._market is None or self._market[0] != id(returns):
-            raise RuntimeError("market data not prepared (call simulate)")
-        _, frame, sim = self._market
-        return run_one(sim, frame, orders, s)
+    def simulate_one(self, ctx: Prepared, s: int) -> StrategyPath:
+        return run_one(ctx.market_simulator, ctx.frame, ctx.orders, s)

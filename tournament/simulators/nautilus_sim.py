@@ -23,11 +23,13 @@ Mapping to the shared convention (verified on nautilus_trader 1.221.0):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 
 import numpy as np
+import pandas as pd
 
-from .base import Orders, Simulator, StrategyPath, clean_returns
+from .base import Market, Orders, PerStrategySimulator, StrategyPath, clean_returns
 
 INITIAL_BALANCE = 1.0e8
 START_PRICE = 100.0
@@ -44,14 +46,9 @@ def horizon_prices(returns: np.ndarray, orders: Orders) -> np.ndarray:
     return START_PRICE * np.cumprod(1.0 + R, axis=0)
 
 
-def _timestamps(dates, orders: Orders) -> np.ndarray:
+def _timestamps(dates: pd.DatetimeIndex) -> np.ndarray:
     """Nanosecond timestamps of the horizon days (unique, increasing)."""
-    import pandas as pd
-    if dates is None:
-        base = pd.Timestamp("2000-01-03").value
-        day = 86_400 * 10**9
-        return base + day * np.arange(orders.horizon, dtype=np.int64)
-    idx = pd.DatetimeIndex(dates[orders.start:orders.end + 1])
+    idx = pd.DatetimeIndex(dates)
     if idx.tz is not None:
         idx = idx.tz_convert("UTC").tz_localize(None)
     ts = idx.normalize().asi8 + SECONDS_AFTER_MIDNIGHT * 10**9
@@ -209,7 +206,6 @@ def run_backtest(prices: np.ndarray, targets: np.ndarray, trade: np.ndarray,
         engine.dispose()
 
 
-
 def _end_quietly(engine) -> None:
     try:
         engine.end()
@@ -228,33 +224,33 @@ def path_from_records(rec: dict, horizon: int) -> StrategyPath:
     net = value_after / prev - 1.0
     turnover = notional / (2.0 * nav)
     costs = fees / nav
-    return StrategyPath(net, turnover, costs)
+    return StrategyPath(net_returns=net, turnover=turnover, costs=costs)
 
 
-class NautilusSimulator(Simulator):
+@dataclass(frozen=True)
+class Prepared:
+    """What the strategies of one call share: the bars' prices and timestamps."""
+    prices: np.ndarray            # H x N closes
+    timestamps: np.ndarray        # H bar timestamps (ns)
+    assets: tuple[str, ...]
+    orders: Orders
+
+
+class NautilusSimulator(PerStrategySimulator):
     name = "nautilus"
     code_version = "1"
 
-    def __init__(self, dates=None):
-        # `Simulator.simulate` does not pass dates to `simulate_one`; they are only used to
-        # stamp bars (any increasing daily timestamps give the same result).
-        self.dates = dates
+    def prepare(self, market: Market, orders: Orders) -> Prepared:
+        return Prepared(horizon_prices(market.returns, orders),
+                        _timestamps(market.horizon_dates(orders)), tuple(market.assets), orders)
 
-    def simulate(self, returns, dates, orders, assets=()):
-        self.dates = dates
-        return super().simulate(returns, dates, orders, assets)
-
-    def simulate_one(self, returns: np.ndarray, orders: Orders, s: int,
-                     assets: tuple[str, ...]) -> StrategyPath:
+    def simulate_one(self, ctx: Prepared, s: int) -> StrategyPath:
+        orders = ctx.orders
         H = orders.horizon
-        prices = horizon_prices(returns, orders)
         targets = np.nan_to_num(orders.target_path(s).astype(float), nan=0.0)
         trade = np.asarray(orders.trade[s], dtype=bool)
         if trade.shape[0] != H:
             raise ValueError(f"trade has {trade.shape[0]} days, horizon {H}")
-        dates = self.dates
-        if dates is not None and len(dates) <= orders.end:
-            dates = None
-        rec = run_backtest(prices, targets, trade, _timestamps(dates, orders), orders.cost_rate,
-                           tuple(assets))
+        rec = run_backtest(ctx.prices, targets, trade, ctx.timestamps, orders.cost_rate,
+                           ctx.assets)
         return path_from_records(rec, H)

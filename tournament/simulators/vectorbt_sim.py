@@ -22,14 +22,12 @@ Outputs are plain numpy arrays; no Portfolio object leaves this module (not pick
 """
 from __future__ import annotations
 
-import time
 import warnings
 
 import numpy as np
 import pandas as pd
 
-from ..cube import FAILED, OK
-from .base import Orders, SimulationResult, Simulator, _empty_result, clean_returns
+from .base import BatchSimulator, Market, Orders, Paths, clean_returns
 
 INIT_CASH = 1.0e6   # large, so vectorbt's absolute tolerances are negligible; results are ratios
 
@@ -105,35 +103,10 @@ def run_vectorbt(returns: np.ndarray, orders: Orders, *, init_cash: float = INIT
     return net, traded / (2.0 * pre), paid / pre
 
 
-class VectorbtSimulator(Simulator):
+class VectorbtSimulator(BatchSimulator):
     name = "vectorbt"
     code_version = "1"
 
-    def simulate(self, returns: np.ndarray, dates: pd.DatetimeIndex, orders: Orders,
-                 assets: tuple[str, ...] = ()) -> SimulationResult:
-        S = len(orders.keys)
-        out = _empty_result(self.name, orders, dates)
-        if S == 0:
-            return out
-        t0 = time.perf_counter()
-        try:
-            net, turnover, costs = run_vectorbt(returns, orders)
-            if net.shape != (S, orders.horizon):
-                raise RuntimeError(f"vectorbt returned shape {net.shape}, "
-                                   f"expected {(S, orders.horizon)}")
-        except Exception as exc:  # noqa: BLE001 - recorded, never replaced by another sim
-            reason = f"{self.name}: {type(exc).__name__}: {exc}"
-            out.net_returns[:] = np.nan
-            out.status[:] = [FAILED] * S
-            out.reason[:] = [reason] * S
-            out.seconds[:] = (time.perf_counter() - t0) / S
-            return out
-        out.net_returns[:], out.turnover[:], out.costs[:] = net, turnover, costs
-        finite = np.isfinite(net).all(axis=1)
-        for s in range(S):
-            if finite[s]:
-                out.status[s], out.reason[s] = OK, ""
-            else:
-                out.status[s], out.reason[s] = FAILED, f"{self.name}: non-finite net returns"
-        out.seconds[:] = (time.perf_counter() - t0) / S
-        return out
+    def simulate(self, market: Market, orders: Orders) -> Paths:
+        net, turnover, costs = run_vectorbt(market.returns, orders)
+        return Paths(net_returns=net, turnover=turnover, costs=costs)
