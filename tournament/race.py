@@ -41,10 +41,10 @@ import pandas as pd
 
 from .errors import ConfigError
 from .registry import FIDELITY_TIERS
+from .schema import BENCHMARK_SELECTION, OK, PATH_KEYS
 from .stats import kendall_tau
 
-UNIT = ["selection", "engine", "profile", "rebalance"]
-BENCHMARK_SELECTION = "benchmark"
+UNIT = PATH_KEYS            # what races: a distinct strategy (weights x rebalance mode)
 DISAGREEMENT_ACTIONS = ("widen", "stop")
 RACE_COLUMNS = ("race_tier", "race_promoted", "race_reason")
 
@@ -145,17 +145,17 @@ def _ranking(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per unit: ok ones by Sharpe descending (NaN last), ties by the keys; then the
     ones that are not ok. Columns: unit, ok, sharpe, reason, rank (1-based, ok ones only)."""
     rows = rows[rows["selection"] != BENCHMARK_SELECTION]
-    frame = pd.DataFrame({"unit": _units(rows), "ok": (rows["status"] == "ok").to_numpy(),
+    frame = pd.DataFrame({"unit": _units(rows), "ran": (rows["status"] == OK).to_numpy(),
                           "sharpe": rows["sharpe"].to_numpy(dtype=float)
                           if "sharpe" in rows else np.nan,
                           "reason": rows["reason"].astype(object).to_numpy()
                           if "reason" in rows else ""})
     frame = frame.drop_duplicates("unit")
-    frame["_nan"] = ~np.isfinite(frame["sharpe"].to_numpy(dtype=float)) | ~frame["ok"]
+    frame["_nan"] = ~np.isfinite(frame["sharpe"].to_numpy(dtype=float)) | ~frame["ran"]
     frame["_neg"] = -frame["sharpe"].fillna(0.0)
     frame["_key"] = frame["unit"].map(lambda u: "/".join(u))
     frame = frame.sort_values(["_nan", "_neg", "_key"], kind="stable").reset_index(drop=True)
-    frame["rank"] = np.where(frame["ok"], np.arange(1, len(frame) + 1), 0)
+    frame["rank"] = np.where(frame["ran"], np.arange(1, len(frame) + 1), 0)
     return frame.drop(columns=["_nan", "_neg", "_key"])
 
 
@@ -177,7 +177,7 @@ def promote(rows: pd.DataFrame, *, tier: str, simulators: tuple[str, ...],
     ranked_by = simulators[-1]
     own = rows[rows["simulator"] == ranked_by]
     ranking = _ranking(own)
-    ok = ranking[ranking["ok"]]
+    ok = ranking[ranking["ran"]]
     cap = settings.cap_count(n_strategies)
     d = TierDecision(tier=tier, simulators=tuple(simulators), ranked_by=ranked_by,
                      n_ran=len(ranking), n_ok=len(ok), n_strategies=n_strategies,
@@ -188,7 +188,7 @@ def promote(rows: pd.DataFrame, *, tier: str, simulators: tuple[str, ...],
     # Rank agreement with the previous tier on the units both ran ok.
     if previous is not None:
         prev = _ranking(previous[previous["simulator"] == previous_simulator])
-        prev = prev[prev["ok"]].set_index("unit")["sharpe"]
+        prev = prev[prev["ran"]].set_index("unit")["sharpe"]
         both = ok[ok["unit"].isin(prev.index)]
         d.tau_against, d.n_compared = previous_simulator, len(both)
         d.tau = kendall_tau(both["sharpe"].to_numpy(dtype=float),
@@ -199,7 +199,7 @@ def promote(rows: pd.DataFrame, *, tier: str, simulators: tuple[str, ...],
     else:
         agreement = "first tier: no earlier tier to check its ranking against"
 
-    for row in ranking[~ranking["ok"]].itertuples(index=False):
+    for row in ranking[~ranking["ran"]].itertuples(index=False):
         d.reasons[row.unit] = f"not promoted: not ok under {ranked_by} ({row.reason})"
 
     if next_tier is None:
@@ -320,7 +320,7 @@ def run_race(simulate: Simulate, *, config, results_of: Callable[[list], tuple],
             rows = rows[[u in asked for u in _units(rows)]]
         if i == 0:
             first = _ranking(rows[rows["simulator"] == tier_sims[-1]])
-            n_strategies = int(first["ok"].sum())     # what can be promoted
+            n_strategies = int(first["ran"].sum())     # what can be promoted
             if len(tiers) > 1:
                 mcs, mcs_record = mcs_units(results, returns)
         next_tier = tiers[i + 1][0] if i + 1 < len(tiers) else None

@@ -22,7 +22,8 @@ import numpy as np
 
 from .config import TournamentConfig
 from .acceptance import INEXACT, accept_status, optimality_residual
-from .cube import FAILED, FALLBACK, OK, UNSUPPORTED, Cell, CellResult, WeightsCube
+from .cube import Cell, CellResult, WeightsCube
+from .schema import BASELINE_KEY, FAILED, FALLBACK, OK, UNSUPPORTED
 from .data import Dataset
 from .engines.base import Engine, EngineError, EngineOutput, EngineParams, check_weights
 from .faults import active_faults, with_engine_faults
@@ -30,7 +31,7 @@ from .registry import get_engine
 from .selection import SelectionError, select
 from .windows import Window, make_windows
 
-BASELINE = ("all", "baseline", "equal_weight")
+BASELINE = BASELINE_KEY      # raw-pool equal weight, solved like any cell
 
 # Engines keep compiled cvxpy problems; one instance per process reuses them across chunks.
 _ENGINE_INSTANCES: dict[str, Engine] = {}

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from .config import TournamentConfig
-from .cube import OK, STRATEGY_KEYS, WeightsCube
+from .cube import WeightsCube
+from .schema import BENCHMARK_KEY, FAILED, OK, RESULT_KEYS, STRATEGY_KEYS  # noqa: F401 (re-exported)
 from .data import Dataset
 from .faults import active_faults
 from .metrics import SCALAR_METRICS, compute_metrics, sharpe_ratio
@@ -23,8 +24,6 @@ from .simulators.base import Market, SimulationResult, clean_returns, run_simula
 from .simulators.custom import simulate_paths
 from .simulators.orders import build_orders, horizon_rows, orders_from_schedule
 
-RESULT_KEYS = ["selection", "engine", "profile", "rebalance", "simulator"]
-BENCHMARK_KEY = ("benchmark", "baseline", "buy_and_hold")
 
 # Simulator instances per process (nautilus/cvxportfolio keep imports warm), keyed by name
 # and the fault rules in force (tests only) so an instance never outlives its rules.
