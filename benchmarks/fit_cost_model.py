@@ -301,7 +301,8 @@ def fit_overheads(model: dict, runs: dict) -> dict:
     import pandas as pd
 
     from flows.plan import past_workload
-    from tournament.estimate import Calibration, calibrate, phase_times, raw_phases
+    from tournament.calibration import calibrate, phase_times
+    from tournament.estimate import Calibration, raw_phases
     fit_names = [n for n in FIT_GRIDS]
     past = {n: _PastRun(n, runs[n]["manifest"], pd.DataFrame(runs[n]["cells"]),
                         pd.DataFrame(runs[n]["results"])) for n in fit_names + ["up"]}

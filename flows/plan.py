@@ -535,8 +535,8 @@ def plan_command(config, dataset, *, result_storage: str | None, refresh: bool,
                  data_load_seconds: float | None = None, model: dict | None = None,
                  echo=print) -> dict:
     """`tournament run --plan`: print the plan and the estimate; returns them as a dict."""
-    from tournament.estimate import (calibrate, estimate, find_run_dirs, load_cost_model,
-                                     read_past_run)
+    from tournament.calibration import calibrate, find_run_dirs, read_past_run
+    from tournament.estimate import estimate, load_cost_model
     model = model or load_cost_model()
     mode, services_line, cpus = detect_services(explicit_api_url=explicit_api_url,
                                                 explicit_ray=ray_address, num_cpus=num_cpus)

@@ -113,8 +113,8 @@ def test_estimate_grows_with_assets_and_cells():
 def test_makespan_and_calibration_arithmetic():
     import pandas as pd
 
-    from tournament.estimate import (PastRun, Workload, calibrate, cell_seconds,
-                                     load_cost_model, makespan, phase_times)
+    from tournament.calibration import PastRun, calibrate, phase_times
+    from tournament.estimate import Workload, cell_seconds, load_cost_model, makespan
     assert makespan([3, 1, 1, 1], 2) == 3
     assert makespan([1, 1, 1, 1], 2) == 2
     assert makespan([], 4) == 0
@@ -250,8 +250,9 @@ def test_history_phase_factors_scale_the_estimate():
     the same work from that history is twice the shipped model's (per phase)."""
     import pandas as pd
 
-    from tournament.estimate import (Calibration, PastRun, Stage1Chunk, Stage2Chunk, Workload,
-                                     calibrate, estimate, raw_phases)
+    from tournament.calibration import PastRun, calibrate
+    from tournament.estimate import (Calibration, Stage1Chunk, Stage2Chunk, Workload,
+                                     estimate, raw_phases)
     model = _toy_model()
     w = Workload(n_days=500, n_assets=100, train=180, horizon=300, cpus=2, services="temporary",
                  stage1=[Stage1Chunk([("a", "b", 100)] * 30)],
@@ -339,11 +340,11 @@ def test_load_now_against_the_fits_load(monkeypatch):
 
 
 def test_estimate_module_does_not_import_orchestration():
-    """tournament.estimate and the shipped model stay free of Prefect and Ray, also while
-    estimating and calibrating (the repo's layering rule)."""
+    """tournament.estimate, tournament.calibration and the shipped model stay free of
+    Prefect and Ray, also while estimating and calibrating (the repo's layering rule)."""
     code = ("import sys\n"
-            "from tournament.estimate import Workload, Stage1Chunk, estimate, load_cost_model, "
-            "calibrate\n"
+            "from tournament.estimate import Workload, Stage1Chunk, estimate, load_cost_model\n"
+            "from tournament.calibration import calibrate\n"
             "m = load_cost_model()\n"
             "w = Workload(500, 50, 180, 300, 2, 'temporary', [Stage1Chunk([('custom', "
             "'min_variance', 50)])])\n"

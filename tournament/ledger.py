@@ -30,6 +30,9 @@ Single writer: appends open the file O_APPEND, take an exclusive flock, write an
 (`Ledger.batch()` groups many entries into one write + fsync); existing lines are never
 rewritten. A torn last line (crash mid-append) makes `Ledger()` refuse to
 append rather than repair it.
+
+Kept in one module (~400 lines) on purpose: the format, its writer and its verifier must
+change together, and reading them side by side is how a reviewer checks that they agree.
 """
 from __future__ import annotations
 

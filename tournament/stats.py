@@ -3,6 +3,9 @@
 Pure numpy/scipy/pandas on purpose: these functions run inside workers and
 notebooks alike, so they must not pull in the orchestration stack.
 
+One module (~600 lines) on purpose: a collection of referenced formulas, each short and
+independent, read against its paper; splitting it would only scatter the references.
+
 Conventions
 -----------
 * Sharpe ratios are **per period** (not annualised) unless stated otherwise;
