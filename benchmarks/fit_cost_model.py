@@ -1,4 +1,4 @@
-"""Fit the shipped cost model of `tournament run --plan` (tournament/cost_model.py).
+"""Fit the shipped cost model of `tournament run --plan` (tournament/cost_model.json).
 
     .venv/bin/python benchmarks/fit_cost_model.py            # measure everything, write the model
     .venv/bin/python benchmarks/fit_cost_model.py --refit    # refit from the saved measurements
@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import pprint
 import shutil
 import subprocess
 import sys
@@ -39,7 +38,7 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RAW = REPO / "benchmarks" / "results" / "cost_model_fit.json"
-MODEL_PY = REPO / "tournament" / "cost_model.py"
+MODEL_JSON = REPO / "tournament" / "cost_model.json"
 CLI = [sys.executable, "-m", "flows.cli"]
 
 PAIRS = [("custom", p) for p in ("equal_weight", "min_variance", "max_sharpe", "risk_parity")] + \
@@ -461,11 +460,8 @@ def build_model(raw: dict) -> dict:
 
 
 def write_model(model: dict) -> None:
-    head = ('"""The shipped cost model of `tournament run --plan` (tournament/estimate.py).\n\n'
-            "Written by benchmarks/fit_cost_model.py; `about` and `machine` say where and how it "
-            'was fitted.\n"""\n')
-    MODEL_PY.write_text(head + "MODEL = " + pprint.pformat(model, width=100, sort_dicts=False)
-                        + "\n")
+    # `about` and `machine` inside say where and how it was fitted.
+    MODEL_JSON.write_text(json.dumps(model, indent=1) + "\n")
 
 
 def main() -> int:
@@ -516,7 +512,7 @@ def main() -> int:
     write_model(model)
     RAW.write_text(json.dumps(raw, indent=1, default=str))
     print(json.dumps({k: model[k] for k in ("overheads", "memory")}, indent=1))
-    print(f"wrote {MODEL_PY}")
+    print(f"wrote {MODEL_JSON}")
     return 0
 
 

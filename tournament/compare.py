@@ -264,6 +264,22 @@ def _fmt_keys(frame: pd.DataFrame, limit: int) -> list[str]:
     return rows
 
 
+def _fmt_section(name: str, section: dict, header, changed_rows, limit: int, *,
+                 list_added: bool = True) -> list[str]:
+    """One section of the text report: its header line, the most changed rows, and (cells)
+    the added and removed keys."""
+    if not section.get("available"):
+        return [f"{name}: not available in one of the runs"]
+    lines = [f"{name}: {header()}"]
+    if section["n_changed"]:
+        lines += _fmt_keys(changed_rows(section["changed"]), limit)
+    for what in ("added", "removed") if list_added else ():
+        if len(section[what]):
+            lines.append(f"  {what} {name}:")
+            lines += _fmt_keys(section[what], limit)
+    return lines
+
+
 def format_comparison(comparison: dict[str, Any], *, limit: int = 10) -> str:
     """Plain-text report of `compare_runs` output for the CLI."""
     c = comparison
@@ -272,36 +288,23 @@ def format_comparison(comparison: dict[str, Any], *, limit: int = 10) -> str:
         lines.append("no changes: cells, weights, results and manifests are identical")
         return "\n".join(lines)
     cells = c["cells"]
-    if cells.get("available"):
-        lines.append(f"cells: {cells['n_a']} -> {cells['n_b']}; {len(cells['added'])} added, "
-                     f"{len(cells['removed'])} removed, {cells['n_changed']} changed "
-                     f"({cells['n_status_changed']} status), max |dw| "
-                     f"{cells['max_abs_weight_diff']:.4g}")
-        if cells["n_changed"]:
-            ch = cells["changed"].sort_values("max_abs_weight_diff", ascending=False)
-            lines += _fmt_keys(ch[[*CELL_KEYS, "status_a", "status_b", "max_abs_weight_diff"]],
-                               limit)
-        if len(cells["added"]):
-            lines.append("  added cells:")
-            lines += _fmt_keys(cells["added"], limit)
-        if len(cells["removed"]):
-            lines.append("  removed cells:")
-            lines += _fmt_keys(cells["removed"], limit)
-    else:
-        lines.append("cells: not available in one of the runs")
+    lines += _fmt_section(
+        "cells", cells, lambda: (
+            f"{cells['n_a']} -> {cells['n_b']}; {len(cells['added'])} added, "
+            f"{len(cells['removed'])} removed, {cells['n_changed']} changed "
+            f"({cells['n_status_changed']} status), max |dw| {cells['max_abs_weight_diff']:.4g}"),
+        lambda ch: ch.sort_values("max_abs_weight_diff", ascending=False)[
+            [*CELL_KEYS, "status_a", "status_b", "max_abs_weight_diff"]], limit)
     res = c["results"]
-    if res.get("available"):
-        lines.append(f"results: {res['n_a']} -> {res['n_b']} rows; {len(res['added'])} added, "
-                     f"{len(res['removed'])} removed, {res['n_changed']} changed "
-                     f"({res['n_status_changed']} status), max |dSharpe| "
-                     f"{res['max_abs_sharpe_diff']:.4g}")
-        if res["n_changed"]:
-            ch = res["changed"].assign(_abs=lambda f: f["sharpe_diff"].abs()).sort_values(
-                "_abs", ascending=False)
-            lines += _fmt_keys(ch[[*RESULT_KEYS, "sharpe_a", "sharpe_b", "final_equity_diff"]],
-                               limit)
-    else:
-        lines.append("results: not available in one of the runs")
+    lines += _fmt_section(
+        "results", res, lambda: (
+            f"{res['n_a']} -> {res['n_b']} rows; {len(res['added'])} added, "
+            f"{len(res['removed'])} removed, {res['n_changed']} changed "
+            f"({res['n_status_changed']} status), max |dSharpe| "
+            f"{res['max_abs_sharpe_diff']:.4g}"),
+        lambda ch: ch.assign(_abs=ch["sharpe_diff"].abs()).sort_values("_abs", ascending=False)[
+            [*RESULT_KEYS, "sharpe_a", "sharpe_b", "final_equity_diff"]], limit,
+        list_added=False)
     lines.append("why:")
     if c["reasons"]:
         lines += [f"  - {r}" for r in c["reasons"]]

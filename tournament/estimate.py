@@ -14,7 +14,7 @@ already stored; this module prices them.
   a contention factor (on a small machine the driver and the Prefect server share the cores),
   plus fixed costs: start-up by services mode, a per-stage fixed cost, stored chunks replayed
   locally, outputs (statistics, report) growing with the results.
-* **The shipped model** (`tournament/cost_model.py`) holds these numbers as fitted on
+* **The shipped model** (`tournament/cost_model.json`) holds these numbers as fitted on
   one machine (`benchmarks/fit_cost_model.py` says how, the file says which machine).
 * **History.** Earlier run directories calibrate it (tournament.calibration).
 """
@@ -35,13 +35,11 @@ FACTOR_RANGE = (0.33, 3.0)
 
 
 def load_cost_model(path: str | Path | None = None) -> dict[str, Any]:
-    """The shipped model (tournament/cost_model.py), or a JSON file of the same shape."""
+    """The shipped model (tournament/cost_model.json), or a JSON file of the same shape."""
     if path is not None:
         return json.loads(Path(path).read_text())
-    import copy
-
-    from .cost_model import MODEL
-    return copy.deepcopy(MODEL)
+    from importlib import resources
+    return json.loads(resources.files("tournament").joinpath("cost_model.json").read_text())
 
 
 # ----------------------------------------------------------------------------- unit costs
