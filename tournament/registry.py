@@ -14,21 +14,42 @@ SELECTIONS = ("all", "momentum", "low_vol", "cluster")
 
 PROFILES = ("equal_weight", "min_variance", "max_sharpe", "risk_parity", "hrp")
 
-ENGINES = {
-    "custom": "tournament.engines.custom:CustomEngine",
-    "skfolio": "tournament.engines.skfolio_engine:SkfolioEngine",
-    "cvxportfolio": "tournament.engines.cvxportfolio_engine:CvxportfolioEngine",
-    # Always-present baseline (raw-pool equal weight); not a user-selectable engine.
-    "baseline": "tournament.engines.baseline:BaselineEngine",
-}
-USER_ENGINES = tuple(name for name in ENGINES if name != "baseline")
+ENGINES: dict[str, str] = {}        # name -> "module:Class"
+SIMULATORS: dict[str, str] = {}
 
-SIMULATORS = {
-    "custom": "tournament.simulators.custom:CustomSimulator",
-    "vectorbt": "tournament.simulators.vectorbt_sim:VectorbtSimulator",
-    "cvxportfolio": "tournament.simulators.cvxportfolio_sim:CvxportfolioSimulator",
-    "nautilus": "tournament.simulators.nautilus_sim:NautilusSimulator",
-}
+def register(kind: str, name: str, target: str) -> None:
+    """Add an engine or simulator: `target` is "module:Class" (imported only when used).
+    Re-registering a name to another target is an error, never a silent swap."""
+    table = {"engine": ENGINES, "simulator": SIMULATORS}.get(kind)
+    if table is None:
+        raise ConfigError(unknown_name("registry kind", kind, ("engine", "simulator")))
+    if ":" not in target:
+        raise ConfigError(f"register({kind!r}, {name!r}): target must be 'module:Class', "
+                          f"got {target!r}")
+    if table.get(name, target) != target:
+        raise ConfigError(f"{kind} {name!r} is already registered as {table[name]}")
+    table[name] = target
+
+
+
+# ------------------------------------------------------------------ the registry lines
+# A new engine or simulator: its file, plus one line here (a plug-in outside this package
+# makes the same call before it builds its config).
+register("engine", "custom", "tournament.engines.custom:CustomEngine")
+register("engine", "skfolio", "tournament.engines.skfolio_engine:SkfolioEngine")
+register("engine", "cvxportfolio", "tournament.engines.cvxportfolio_engine:CvxportfolioEngine")
+# Always-present baseline (raw-pool equal weight); not a user-selectable engine.
+register("engine", "baseline", "tournament.engines.baseline:BaselineEngine")
+
+register("simulator", "custom", "tournament.simulators.custom:CustomSimulator")
+register("simulator", "vectorbt", "tournament.simulators.vectorbt_sim:VectorbtSimulator")
+register("simulator", "cvxportfolio",
+         "tournament.simulators.cvxportfolio_sim:CvxportfolioSimulator")
+register("simulator", "nautilus", "tournament.simulators.nautilus_sim:NautilusSimulator")
+
+# The built-in names, fixed at import (the typed UI's choices); validation reads the live
+# tables through registered_names(), so a registered plug-in is a valid name.
+USER_ENGINES = tuple(name for name in ENGINES if name != "baseline")
 
 FIDELITY_TIERS = {
     "low": ("custom",),
@@ -66,21 +87,6 @@ def module_of(kind: str, name: str) -> str:
     """Module path implementing an engine/simulator (for code-version digests)."""
     table = {"engine": ENGINES, "simulator": SIMULATORS}[kind]
     return table[name].split(":")[0]
-
-
-def register(kind: str, name: str, target: str) -> None:
-    """Add an engine or simulator: `target` is "module:Class". The built-in ones above are
-    registry lines of the same kind; a plug-in (or a test) calls this before it builds its
-    config. Re-registering a name to another target is an error, never a silent swap."""
-    table = {"engine": ENGINES, "simulator": SIMULATORS}.get(kind)
-    if table is None:
-        raise ConfigError(unknown_name("registry kind", kind, ("engine", "simulator")))
-    if ":" not in target:
-        raise ConfigError(f"register({kind!r}, {name!r}): target must be 'module:Class', "
-                          f"got {target!r}")
-    if table.get(name, target) != target:
-        raise ConfigError(f"{kind} {name!r} is already registered as {table[name]}")
-    table[name] = target
 
 
 def registered_names(kind: str) -> tuple[str, ...]:

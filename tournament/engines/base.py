@@ -19,7 +19,8 @@ weights for one profile. In its file, a subclass of `Engine`:
 * sets `applies_max_weight = False` only if it must ignore the user's cap (the raw-pool
   baseline); Stage 1 then solves and checks it uncapped.
 
-The one registry line is in tournament/registry.py (ENGINES).
+The one registry line is a `register("engine", NAME, "module:Class")` call in
+tournament/registry.py.
 """
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ dates and asset names) and the `Orders` (which days trade, to which target; buil
 `run_simulator(simulator, market, orders)` is the one place that times, checks shapes and
 finiteness, records failures as values (never replaced by another simulator) and builds the
 `SimulationResult`. A new simulator is one file here (a class with `name`, `code_version`
-and the methods of its kind) plus one line in `tournament.registry.SIMULATORS`.
+and the methods of its kind) plus one `register("simulator", ...)` line in
+`tournament/registry.py`.
 
 Convention (see README "Accounting"):
 * returns row t is the simple return from close t-1 to close t (NaN gap -> 0%);
