@@ -121,6 +121,8 @@ def _add_config_flags(run: argparse.ArgumentParser) -> None:
                              help=f"comma list of: {', '.join(spec.choices)}; {text}")
         elif spec.kind == "choice":
             run.add_argument(flag, dest=spec.key, choices=spec.choices, help=text)
+        elif spec.kind == "date":
+            run.add_argument(flag, dest=spec.key, metavar="YYYY-MM-DD", help=text)
         else:
             run.add_argument(flag, dest=spec.key, type=int if spec.kind == "int" else float,
                              help=text)

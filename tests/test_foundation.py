@@ -160,7 +160,7 @@ def test_config_defaults_and_toml(tmp_path):
      r"\[grid\] selections: unknown name 'momentun'; valid: all, cluster, low_vol, momentum"),
     ('[grid]\nengines = []\n', r"\[grid\] engines: must not be empty; valid: custom, cvxportfolio, skfolio"),
     ('[grid]\nrebalances = ["daily_5pct"]\n', r"unknown name 'daily_5pct'; valid: daily, tolerance, window"),
-    ('[windows]\ntrian = 100\n', r"unknown key in \[windows\] 'trian'; valid: step, test, train"),
+    ('[windows]\ntrian = 100\n', r"unknown key in \[windows\] 'trian'; valid: start, step, test, train"),
     ('[window]\ntrain = 100\n', r"unknown section '\[window\]'"),
     ('[windows]\ntrain = "long"\n', r"\[windows\] train: must be an integer"),
     ('[constraints]\nmax_weight = 0\n', r"\[constraints\] max_weight: must be > 0"),
@@ -178,11 +178,12 @@ def test_bad_config_is_refused_naming_file_and_key(tmp_path, text, expected):
 # ----------------------------------------------------------------------------- windows
 def test_windows_roll_on_training_rows_only():
     ws = make_windows(500, load_config().windows)
-    assert len(ws) == 15
+    assert len(ws) == 17             # rebalances 179 + 20k <= 499; the last two tests are short
+    assert [w.test for w in ws[-3:]] == [40, 20, 0]
     assert ws[0].train_rows == slice(0, 180) and ws[0].rebalance == 179
     assert ws[0].test_rows == slice(180, 220)
     assert all(b.rebalance - a.rebalance == 20 for a, b in zip(ws, ws[1:]))
-    assert ws[-1].test_end <= 499
+    assert ws[-1].test_end == 499    # through the newest day
 
 
 # ----------------------------------------------------------------------------- cube

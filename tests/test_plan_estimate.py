@@ -12,10 +12,10 @@ import pytest
 
 from tests.conftest import REPO
 
-# 500 days of the bundled data, 180/40/20 -> 15 windows.
+# 500 days of the bundled data, 180/40/20 -> 17 windows (rebalances 179 + 20k <= 499).
 SMALL = ["--data", "sp500", "--fidelity", "low", "--selections", "all,momentum",
          "--engines", "custom", "--profiles", "equal_weight,hrp", "--rebalances", "window"]
-N_WINDOWS = 15
+N_WINDOWS = 17
 N_CELLS = 2 * 1 * 2 * N_WINDOWS + N_WINDOWS          # grid + the baseline's cells
 N_UNSUPPORTED = 2 * N_WINDOWS                        # custom does not implement hrp
 N_SIMULATIONS = 3                                    # all/custom/ew, momentum/custom/ew, baseline
@@ -42,7 +42,7 @@ def test_plan_prints_grid_and_counts_and_computes_nothing(tmp_path):
     text = proc.stdout
     assert "selections all, momentum (2) x engines custom (1) x profiles equal_weight, hrp (2)" in text
     assert "rebalances window (1) x simulators custom (1); fidelity low" in text
-    assert "train 180 / test 40 / step 20: 15 windows" in text
+    assert f"train 180 / test 40 / step 20: {N_WINDOWS} windows" in text
     assert (f"Stage 1   {N_CELLS} cells ({N_CELLS - N_UNSUPPORTED} to solve, {N_UNSUPPORTED} "
             f"unsupported)") in text
     assert f"cached: 0 cells" in text

@@ -258,7 +258,7 @@ def test_bear_window_under_each_policy():
 
     _, _, fail = _policy_cube("fail")
     st = fail.strategies().set_index(["selection", "engine", "profile"]).loc[key]
-    assert st.status == "failed" and "3/8 windows not ok" in st.reason
+    assert st.status == "failed" and "3/9 windows not ok" in st.reason
 
 
 def test_hold_in_a_strategys_first_window_is_cash():

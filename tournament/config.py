@@ -20,7 +20,9 @@ from .registry import ENGINES, FIDELITY_TIERS, USER_ENGINES
 
 @dataclass(frozen=True)
 class WindowSpec:
-    """Rolling walk-forward windows, in trading days."""
+    """Rolling walk-forward windows, in trading days; `start` (ISO date, "" = the data's first
+    day) is the first training day, which anchors the grid."""
+    start: str = DEFAULTS["start"]
     train: int = DEFAULTS["train"]
     test: int = DEFAULTS["test"]
     step: int = DEFAULTS["step"]
@@ -156,6 +158,8 @@ def _checked(spec: ConfigField, value: Any, source: str) -> Any:
         if not isinstance(value, str) or value not in spec.choices:
             fail(unknown_name(spec.noun, value, spec.choices))
         return value
+    if spec.kind == "date":
+        return _checked_date(value, fail)
     if spec.kind == "names":
         if isinstance(value, str):          # the CLI's comma list
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -180,6 +184,23 @@ def _checked(spec: ConfigField, value: Any, source: str) -> Any:
                  + (f" and <= {spec.hi}" if spec.hi is not None else ""))
         fail(f"must be {bound}, got {value!r}")
     return value
+
+
+def _checked_date(value: Any, fail) -> str:
+    """An ISO date as "YYYY-MM-DD" ("" = unset). TOML's own dates are accepted too."""
+    import datetime as dt
+    if isinstance(value, dt.datetime):
+        value = value.date()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if not isinstance(value, str):
+        fail(f"must be a date YYYY-MM-DD, got {value!r}")
+    if value.strip() == "":
+        return ""
+    try:
+        return dt.date.fromisoformat(value.strip()).isoformat()
+    except ValueError:
+        fail(f"must be a date YYYY-MM-DD, got {value!r}")
 
 
 # ---------------------------------------------------------------- names as types (UI, API)

@@ -17,7 +17,8 @@ from typing import Any
 
 from .registry import FIDELITY_TIERS, PROFILES, REBALANCE_MODES, SELECTIONS, SIMULATORS, USER_ENGINES
 
-KINDS = ("int", "float", "names", "choice")   # names: a list of names; choice: one name
+KINDS = ("int", "float", "names", "choice", "date")   # names: a list of names; choice: one
+# name; date: an ISO date "YYYY-MM-DD" ("" = unset)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ FIELDS: tuple[ConfigField, ...] = (
                 "explicit simulator list; replaces the fidelity tier's (empty = the tier's)",
                 key="simulators", choices=tuple(SIMULATORS), allow_empty=True,
                 registry="simulator"),
+    ConfigField("start", "windows", "date", "",
+                "first training day: anchors the window grid, so appended data only adds "
+                "windows (\"\" = the first day of the data; not with --days)"),
     ConfigField("train", "windows", "int", 180, "training window, trading days", lo=2),
     ConfigField("test", "windows", "int", 40, "test window, trading days", lo=1),
     ConfigField("step", "windows", "int", 20, "window step, trading days", lo=1),

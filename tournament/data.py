@@ -309,10 +309,13 @@ def validate_frame(frame: pd.DataFrame, *, source: str, kind: str) -> None:
 
 def validate_for_config(ds: Dataset, config) -> None:
     """Checks that need both data and config (enough rows for a window, enough assets)."""
+    from .windows import first_row
     src = f"data error in {ds.source}"
     need = config.windows.train + config.windows.test
-    if ds.n_days < need:
-        raise DataError(f"{src}: {ds.n_days} return rows, fewer than one window needs "
+    rows = ds.n_days - first_row(ds.dates, config.windows.start)
+    since = f" from [windows] start {config.windows.start}" if config.windows.start else ""
+    if rows < need:
+        raise DataError(f"{src}: {rows} return rows{since}, fewer than one window needs "
                         f"(train {config.windows.train} + test {config.windows.test} = {need})")
     if ds.n_assets < 2:
         raise DataError(f"{src}: {ds.n_assets} asset(s); a tournament needs at least 2")

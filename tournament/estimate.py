@@ -279,9 +279,9 @@ def problem_size(selection: str, n_assets: int, top_k: int) -> int:
 
 
 def horizon_days(n_days: int, train: int, test: int, step: int) -> int:
-    """Simulated days per strategy: first rebalance day to the end of the last test window."""
-    if n_days - 1 - test < train - 1:
+    """Simulated days per strategy: the first rebalance day through the newest day
+    (tournament.windows; with test < step a path ends with its last window's test)."""
+    if n_days < train:
         return 0
-    n_windows = (n_days - 1 - test - (train - 1)) // step + 1
-    last_rebalance = train - 1 + (n_windows - 1) * step
-    return last_rebalance + test - (train - 1) + 1
+    last_rebalance = train - 1 + (n_days - train) // step * step
+    return min(last_rebalance + test, n_days - 1) - (train - 1) + 1

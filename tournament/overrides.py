@@ -27,6 +27,9 @@ def _pydantic_field(spec: ConfigField, *, alias: bool) -> tuple[Any, Any]:
             bounds["le"] = spec.hi
     elif spec.kind == "choice":
         annotation = Literal[spec.choices]
+    elif spec.kind == "date":
+        annotation = str
+        bounds["pattern"] = r"^(\d{4}-\d{2}-\d{2})?$"
     else:
         annotation = list[Literal[spec.choices]]
         if not spec.allow_empty:

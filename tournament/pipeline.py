@@ -17,7 +17,7 @@ from .data import Dataset, validate_for_config
 from .simulators.base import SimulationResult
 from .stage1 import BASELINE, assemble_cube, plan_cells, run_stage1, solve_cells
 from .stage2 import results_frame, run_stage2, simulate_benchmark, simulate_pair
-from .windows import make_windows
+from .windows import windows_for
 
 
 @dataclass
@@ -45,7 +45,7 @@ def run_legacy(dataset: Dataset, config: TournamentConfig, *, progress=None) -> 
     """for rebalance, for selection, for engine, for profile: optimise every window, then for
     each simulator re-solve and simulate that one strategy (the spec's legacy loop)."""
     validate_for_config(dataset, config)
-    windows = make_windows(dataset.n_days, config.windows)
+    windows = windows_for(dataset, config.windows)
     t0 = time.perf_counter()
     strategies = sorted({c.strategy for c in plan_cells(config, windows)})
     sims: list[SimulationResult] = []

@@ -29,7 +29,7 @@ from .engines.base import Engine, EngineError, EngineOutput, EngineParams, check
 from .faults import active_faults, with_engine_faults
 from .registry import get_engine
 from .selection import SelectionError, select
-from .windows import Window, make_windows
+from .windows import Window, windows_for
 
 BASELINE = BASELINE_KEY      # raw-pool equal weight, solved like any cell
 
@@ -165,6 +165,6 @@ def assemble_cube(dataset: Dataset, windows: list[Window], results: list[CellRes
 
 def run_stage1(dataset: Dataset, config: TournamentConfig) -> WeightsCube:
     """Notebook entry point: the whole of Stage 1 in this process."""
-    windows = make_windows(dataset.n_days, config.windows)
+    windows = windows_for(dataset, config.windows)
     results = solve_cells(dataset.returns, windows, plan_cells(config, windows), config)
     return assemble_cube(dataset, windows, results, config)

@@ -46,6 +46,8 @@ def test_table_is_well_formed():
         assert f.help.strip(), f.name
         if f.kind in ("names", "choice"):
             assert f.choices, f.name
+        elif f.kind == "date":
+            assert f.default == "", f.name        # unset by default
         else:
             assert f.lo is not None, f.name
         load_config(**{f.name: f.default if f.kind != "names" or f.default else []})
