@@ -161,22 +161,47 @@ def make_synthetic(n_days: int = 2500, n_assets: int = 500, *, n_factors: int = 
                               benchmark=market)
 
 
-def load_file(path: str | Path, *, kind: str = "prices") -> Dataset:
-    """Load a dates x assets matrix from Parquet or CSV (first column or index = dates)."""
-    p = Path(path)
-    src = str(p)
-    if kind not in ("prices", "returns"):
-        raise DataError(f"data error in {src}: kind must be 'prices' or 'returns', got {kind!r}")
+def is_url(path: str | Path) -> bool:
+    """An fsspec URL (s3://, gs://, memory://, file://...) rather than a local path."""
+    return "://" in str(path)
+
+
+def _open_file(src: str):
+    """(opener, size) of a local path or an fsspec URL; DataError if it is not a file."""
+    if is_url(src):
+        import fsspec
+        try:
+            fs, fpath = fsspec.core.url_to_fs(src)
+            found = fs.isfile(fpath)
+        except Exception as exc:  # noqa: BLE001 - unknown protocol, missing driver, auth
+            raise DataError(f"data error in {src}: cannot open ({type(exc).__name__}: "
+                            f"{exc})") from None
+        if not found:
+            raise DataError(f"data error in {src}: file not found")
+        return (lambda: fs.open(fpath, "rb")), fs.size(fpath)
+    p = Path(src)
     if not p.is_file():
         raise DataError(f"data error in {src}: file not found")
-    if p.stat().st_size == 0:
+    return (lambda: open(p, "rb")), p.stat().st_size
+
+
+def load_file(path: str | Path, *, kind: str = "prices") -> Dataset:
+    """Load a dates x assets matrix from Parquet or CSV (first column or index = dates),
+    from a local path or an fsspec URL (s3://bucket/prices.parquet)."""
+    src = str(path)
+    if kind not in ("prices", "returns"):
+        raise DataError(f"data error in {src}: kind must be 'prices' or 'returns', got {kind!r}")
+    opener, size = _open_file(src)
+    if size == 0:
         raise DataError(f"data error in {src}: file is empty")
-    suffix = p.suffix.lower()
+    suffix = Path(src.split("?", 1)[0]).suffix.lower()
     try:
         if suffix == ".parquet":
-            frame = pd.read_parquet(p)
+            with opener() as fh:
+                frame = pd.read_parquet(fh)
         elif suffix == ".csv":
-            frame = pd.read_csv(p)
+            with opener() as fh:
+                frame = pd.read_csv(fh)
         else:
             raise DataError(f"data error in {src}: unsupported file type {suffix!r}; "
                             "use .parquet or .csv")
