@@ -140,22 +140,25 @@ def _overrides(args) -> dict:
 
 
 def cmd_run(args, clock: "RunClock") -> int:
-    from tournament.config import load_config
-    from tournament.data import load_dataset, validate_for_config
+    from flows.inputs import FlowInputs, prepare_run
     overrides = _overrides(args)
     # Validate before starting any server or writing anything.
     if args.num_cpus is not None and args.num_cpus < 1:
         from tournament.errors import ConfigError
         raise ConfigError(f"config error: --num-cpus must be >= 1, got {args.num_cpus}")
-    config = load_config(args.config, fidelity=args.fidelity, **overrides)
+    # The flow merges the same values again (flows.inputs.resolve_inputs, which also types
+    # the overrides for the UI); prepare_run then returns this preparation.
+    inputs = FlowInputs(config_path=args.config, fidelity=args.fidelity, overrides=overrides,
+                        data=args.data, data_kind=args.data_kind, days=args.days)
+    config = inputs.config()
     if args.race:
         from tournament.race import RaceSettings
         if args.mode == "legacy":
             raise ConfigError("--race needs --mode two-stage")
         RaceSettings(top_k=args.race_top_k, cap=args.race_cap, min_tau=args.race_min_tau,
                      on_disagreement=args.race_on_disagreement)     # bad values: exit 2
-    dataset = load_dataset(args.data, days=args.days, kind=args.data_kind)
-    validate_for_config(dataset, config)
+    dataset = prepare_run(config, data=inputs.data, data_kind=inputs.data_kind,
+                          days=inputs.days).dataset
     clock.lap("load_config_data")
     if args.plan:
         if args.mode == "legacy":

@@ -9,6 +9,11 @@ The flow runs with `validate_parameters=False`, so parameters arrive as the call
 blocks as instances (Python), references `{"$ref": ...}` (the UI, the API) or saved names
 (Python); overrides as a `GridOverrides` or a dict (the CLI, deployments' JSON). Both are
 validated here, before anything is computed.
+
+`prepare_run` is the one preparation of a run's config and data (loaded, validated, windows
+cut): the CLI calls it before starting any service, then the flow and its stage subflows call
+it again with the same small descriptors and get the same objects back (module docstring of
+`prepare_run`).
 """
 from __future__ import annotations
 
@@ -18,8 +23,8 @@ from typing import Any
 
 from tournament.config import TournamentConfig, load_config
 from tournament.config_fields import DATA_KINDS
-from tournament.data import BUNDLED, resolve_days
-from tournament.overrides import GridOverrides
+from tournament.data import BUNDLED, Dataset, load_dataset, resolve_days, validate_for_config
+from tournament.windows import Window, make_windows
 
 DEFAULT_DATA_KIND = DATA_KINDS[0]
 
@@ -53,6 +58,7 @@ def resolve_inputs(*, config_path: str | None = None, fidelity: str | None = Non
                    num_cpus: int | None = None) -> FlowInputs:
     """Load the blocks (if any), validate the overrides, merge (module docstring)."""
     from blocks.tournament_blocks import resolve_blocks
+    from tournament.overrides import GridOverrides     # pydantic: not on the CLI's path
     explicit = GridOverrides.coerce(overrides).to_overrides()
     b = resolve_blocks(grid, data_source, compute) if (grid or data_source or compute) else {}
     return FlowInputs(
@@ -66,6 +72,48 @@ def resolve_inputs(*, config_path: str | None = None, fidelity: str | None = Non
         result_storage=_first(result_storage, b.get("result_storage")),
         num_cpus=_first(num_cpus, b.get("num_cpus")),
     )
+
+
+# ----------------------------------------------------------------------------- preparation
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run's config with its data loaded and validated for it, and the windows cut."""
+    config: TournamentConfig
+    dataset: Dataset
+    windows: list[Window]
+
+
+# The last preparation in this process, by what it was prepared from. A cache, not a channel:
+# a miss only loads again. It lets the CLI's validation, the flow it starts and the stage
+# subflows (which get only descriptors as parameters) share one load of the data.
+_PREPARED: dict[tuple, PreparedRun] = {}
+
+
+def _source_stamp(data: str) -> tuple:
+    """What invalidates a loaded data file: its path, size and mtime (none for sp500 and
+    synthetic, which are fixed by their name)."""
+    path = Path(data)
+    if data == BUNDLED or data.startswith("synthetic") or not path.is_file():
+        return (data,)
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def prepare_run(config: TournamentConfig, *, data: str, data_kind: str, days: int | None,
+                loaded: Dataset | None = None) -> PreparedRun:
+    """Load the data source (`data`, `data_kind`, `days`), validate it for `config` (raises
+    TournamentError, one line) and cut the windows. The CLI, the `tournament` flow and the
+    stage subflows all prepare through here; the last result is kept in this process.
+    `loaded`: the source's dataset, already loaded by the caller (`tournament simulate`
+    reloads a run's data and checks its fingerprint first)."""
+    key = (config.digest(), data, data_kind, days, _source_stamp(data))
+    if key not in _PREPARED:
+        dataset = loaded if loaded is not None else load_dataset(data, days=days, kind=data_kind)
+        validate_for_config(dataset, config)
+        prepared = PreparedRun(config, dataset, make_windows(dataset.n_days, config.windows))
+        _PREPARED.clear()            # one prepared run at a time is all a process needs
+        _PREPARED[key] = prepared
+    return _PREPARED[key]
 
 
 # ----------------------------------------------------------------------------- run names

@@ -3,7 +3,7 @@
 Entering a plain `prefect_ray.RayTaskRunner` calls `ray.init`. A subflow whose chunks are all
 in result storage submits nothing to it, so with this runner a warm rerun never starts (or
 attaches to) Ray. `ensure_ray` is the run's own start-up: init_ray + worker prewarm + one
-`ray.put` of the returns matrix (flows.tournament_flow.RunContext.ensure_ray).
+`ray.put` of the returns matrix (flows.stage_run.StageRun.ensure_ray).
 """
 from __future__ import annotations
 

@@ -10,13 +10,14 @@ The `tournament-simulate` flow (`simulate`, deployable, so a UI user can trigger
      from the manifest's description (source and length; a file is tried as prices, then as
      returns) or from --data/--data-kind/--days, and its fingerprint must be the manifest's;
   2. holds the run directory's lock (flows.locking) while it computes and writes;
-  3. runs the Stage 2 subflow (`stage2_flow`, the same cached tasks as `tournament run`, so
-     simulations already in result storage come back Cached) for the requested
-     (rebalance, simulator) pairs, plus the benchmark for rebalance modes the run lacked;
+  3. runs the Stage 2 subflow (flows.stage2_flow, the same cached tasks as `tournament run`,
+     so simulations already in result storage come back Cached) on the run directory's cube
+     for the requested (rebalance, simulator) pairs, plus the benchmark for rebalance modes
+     the run lacked; it returns the simulations;
   4. merges the new rows into results.parquet / returns.parquet, replacing the rows of the
      same keys, in the order a run with the merged config from the start would write them;
   5. recomputes statistics, report and artifacts through the parent flow's outputs step
-     (`write_outputs`); the ledger gets a new sealed segment holding the simulations this
+     (flows.run_outputs.write_outputs); the ledger gets a new sealed segment holding the simulations this
      step wrote and no cells (Stage 1 is not run: 0 cells computed, as the manifest's
      `cache.stage1` and `simulate` entries and tournament_state.json say).
 
@@ -69,67 +70,69 @@ def simulate(run_dir: str, simulators: list[str] | None = None,
     """
     from tournament.leaderboard import leaderboard_text
     from tournament.stage2 import RESULT_KEYS, ok_strategies, results_frame
-    from tournament.windows import make_windows
 
+    from .inputs import prepare_run
     from .locking import run_dir_lock
     from .plan import DEFAULT_RESULT_STORAGE
     from .progress import RunProgress
     from .ray_runner import LazyRayTaskRunner
+    from .run_outputs import RunState, flow_run_id, write_outputs
     from .runtime import default_result_storage, make_result_storage, quiet_library_logs
-    from .tournament_flow import (_RUNS, RunContext, _flow_run_id, ensure_current_ray,
-                                  stage2_flow, warmup_timings, write_outputs)
+    from .stage2_flow import stage2_flow
+    from .stage_run import ensure_current_ray, progress_state
 
     quiet_library_logs()
     logger = get_run_logger()
     t_start = time.perf_counter()
     inputs = prepare_simulation(run_dir, simulators=simulators, rebalances=rebalances,
                                 data=data, data_kind=data_kind, days=days)
+    _PREPARED.clear()                   # the request is read: later calls check afresh
     out_dir, config, ds, cube = inputs.run_dir, inputs.config, inputs.dataset, inputs.cube
-    location = (result_storage or inputs.manifest.get("result_storage")
-                or default_result_storage(DEFAULT_RESULT_STORAGE))
+    spec = inputs.data_spec
+    prepare_run(config, **spec, loaded=ds)      # what the stage prepares: already loaded
+    location = str(result_storage or inputs.manifest.get("result_storage")
+                   or default_result_storage(DEFAULT_RESULT_STORAGE))
     with run_dir_lock(out_dir):         # re-entrant with the CLI's
         if not (out_dir / "weights_cube.pkl").is_file():      # gone since validation
             raise ConfigError(f"run directory error: no weights cube in {out_dir}")
-        storage = make_result_storage(location)
         run_id = uuid.uuid4().hex[:12]
         n_ok = len(ok_strategies(cube))
         pairs = [list(p) for p in inputs.pairs]
         progress = RunProgress(out_dir, run_id, {
             "mode": "simulate", "pairs": pairs, "cells_computed": 0,
             "config_digest": config.digest(), "data_fingerprint": ds.fingerprint,
-            "result_storage": str(location), "out_dir": str(out_dir.resolve())})
+            "result_storage": location, "out_dir": str(out_dir.resolve())})
         progress.stages["stage2"].total = n_ok * len(pairs)
-        ctx = RunContext(run_id, ds, config, make_windows(ds.n_days, config.windows), storage,
-                         str(location), refresh, progress, ray_address=ray_address,
-                         num_cpus=num_cpus, shared_storage=shared_storage)
-        ctx.cube = cube
-        ctx.cache["stage1"] = {"tasks": 0, "cached": 0, "cells": 0, "cells_cached": 0,
+        run = RunState(run_id, config, make_result_storage(location), refresh, progress,
+                       cube=cube)
+        run.cache["stage1"] = {"tasks": 0, "cached": 0, "cells": 0, "cells_cached": 0,
                                "cells_computed": 0, "cells_loaded": int(len(cube.cells))}
         progress.start()
-        _RUNS[run_id] = ctx
         try:
             runner = LazyRayTaskRunner(ensure_ray=ensure_current_ray, address=ray_address)
-            ctx.timings["flow_setup"] = time.perf_counter() - t_start
+            run.timings["flow_setup"] = time.perf_counter() - t_start
             logger.info("simulate %s: %d strategies x %d pairs on the stored cube (0 cells "
                         "computed)", out_dir, n_ok, len(pairs))
             t0 = time.perf_counter()
-            stage2_flow.with_options(task_runner=runner)(
-                config=config.to_dict(), data=inputs.data_spec["data"],
-                data_kind=inputs.data_spec["data_kind"], days=inputs.data_spec["days"],
-                run_dir=str(out_dir), result_storage=str(location), pairs=pairs,
-                benchmarks=inputs.benchmarks, refresh=refresh, run_id=run_id,
+            two = stage2_flow.with_options(task_runner=runner)(
+                config=config.to_dict(), **spec, run_dir=str(out_dir),
+                result_storage=location, pairs=pairs, benchmarks=inputs.benchmarks,
+                refresh=refresh, ray_address=ray_address, num_cpus=num_cpus,
+                shared_storage=shared_storage, progress=progress_state(progress),
                 label=f"{n_ok} strategies x {len(pairs)} pairs (simulate)")
-            ctx.timings["stage2"] = time.perf_counter() - t0
-            ctx.timings["parallel"] = {**ctx.timings.get("parallel", {}),
-                                       **warmup_timings(ctx.warmups)}
+            run.timings["stage2"] = time.perf_counter() - t0
+            run.adopt("stage2", two)
+            run.add_warmup_timings()
             t0 = time.perf_counter()
-            new_results, new_returns = results_frame(ctx.simulations, cube, ds, inputs.request)
+            new_results, new_returns = results_frame(two["simulations"], cube, ds,
+                                                     inputs.request)
             results, returns = merge_run_frames(inputs, new_results, new_returns)
-            ctx.timings["results_frame"] = time.perf_counter() - t0
-            ctx.key_parts = {**{k: v for k, v in inputs.cache_keys.items()
+            run.timings["results_frame"] = time.perf_counter() - t0
+            # The run's cache-key parts, but this step's for the pairs it simulated.
+            run.key_parts = {**{k: v for k, v in inputs.cache_keys.items()
                                 if not (isinstance(v, dict) and v.get("stage") == 2
                                         and [v.get("rebalance"), v.get("simulator")] in pairs)},
-                             **ctx.key_parts}
+                             **run.key_parts}
             record = {"run_id": run_id, "previous_run_id": inputs.manifest.get("run_id"),
                       "pairs": pairs, "benchmarks": inputs.benchmarks, "cells_computed": 0,
                       "rows": int(len(new_results)),
@@ -138,23 +141,20 @@ def simulate(run_dir: str, simulators: list[str] | None = None,
                         if k not in ("versions", "ledger_head", "confidence")}
             manifest.update(run_id=run_id, config=config.to_dict(),
                             config_digest=config.digest(), data=ds.describe(),
-                            result_storage=str(location), timings=ctx.timings, cache=ctx.cache,
+                            result_storage=location, timings=run.timings, cache=run.cache,
                             simulate=[*inputs.manifest.get("simulate", []), record])
             results, status, published = write_outputs(
-                ctx, out_dir, results, returns, manifest,
+                run, out_dir, results, returns, manifest,
                 ledger_rows=new_results[RESULT_KEYS],
                 ledger_detail={"mode": "simulate", "pairs": pairs})
             print(leaderboard_text(results, top=15))
             return {"run_id": run_id, "status": status, "out": str(out_dir),
                     "failed": int((results["status"] == FAILED).sum()), "pairs": pairs,
-                    "rows": int(len(new_results)), "timings": ctx.timings, "cache": ctx.cache,
-                    "flow_run_id": _flow_run_id(), "report": published.get("report")}
+                    "rows": int(len(new_results)), "timings": run.timings, "cache": run.cache,
+                    "flow_run_id": flow_run_id(), "report": published.get("report")}
         except BaseException:
-            progress.finish("failed")
+            run.fail()
             raise
-        finally:
-            _RUNS.pop(run_id, None)
-            _PREPARED.clear()
 
 
 __all__ = ["simulate"]

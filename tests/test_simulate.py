@@ -208,7 +208,8 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(runs, tmp_path):
 def test_stages_run_on_their_own_from_their_parameters(runs, tmp_path, executions):
     """Real parameters, no parent: Stage 1 writes the cube into its run directory, Stage 2
     reads it from there; with the run's result storage every chunk is Cached."""
-    from flows.tournament_flow import stage1_flow, stage2_flow
+    from flows.stage1_flow import stage1_flow
+    from flows.stage2_flow import stage2_flow
     from tournament.cube import WeightsCube
     pristine = runs["tmp"] / "pristine"
     manifest = json.loads((pristine / "manifest.json").read_text())

@@ -16,7 +16,7 @@ from .cube import OK, Cell, WeightsCube
 from .data import Dataset, validate_for_config
 from .simulators.base import SimulationResult
 from .stage1 import BASELINE, assemble_cube, plan_cells, run_stage1, solve_cells
-from .stage2 import results_frame, run_stage2, simulate_benchmark, simulate_pair
+from .stage2 import benchmark_simulations, results_frame, run_stage2, simulate_pair
 from .windows import windows_for
 
 
@@ -67,10 +67,7 @@ def run_legacy(dataset: Dataset, config: TournamentConfig, *, progress=None) -> 
     # One cube for the outputs (every cell once; the loop above solved each many times).
     unique = {r.cell: r for r in all_cells}
     cube = assemble_cube(dataset, windows, list(unique.values()), config)
-    for rebalance in config.rebalances:
-        bench = simulate_benchmark(dataset, cube, config, rebalance)
-        if bench is not None:
-            sims.append(bench)
+    sims.extend(benchmark_simulations(dataset, cube, config, config.rebalances))
     t1 = time.perf_counter()
     results, returns = results_frame(sims, cube, dataset, config)
     return TournamentResult(cube, sims, results, returns, {"legacy": t1 - t0})

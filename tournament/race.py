@@ -351,7 +351,7 @@ def run_stage2_race(dataset, cube, config, settings: RaceSettings | None = None,
                     ) -> tuple[list, list[TierDecision], dict[str, Any]]:
     """Notebook entry point (stage2.run_stage2 with racing): every tier in this process.
     Returns (simulations, benchmark included; tier decisions; manifest record)."""
-    from .stage2 import ok_strategies, results_frame, simulate_benchmark, simulate_pair
+    from .stage2 import benchmark_simulations, ok_strategies, results_frame, simulate_pair
     settings = settings or RaceSettings()
     every = ok_strategies(cube)
 
@@ -366,8 +366,5 @@ def run_stage2_race(dataset, cube, config, settings: RaceSettings | None = None,
     sims, decisions, record = run_race(
         simulate, config=config, settings=settings, tiers=tiers, log=log,
         results_of=lambda s: results_frame(s, cube, dataset, config))
-    for rebalance in config.rebalances:
-        bench = simulate_benchmark(dataset, cube, config, rebalance)
-        if bench is not None:
-            sims.append(bench)
+    sims.extend(benchmark_simulations(dataset, cube, config, config.rebalances))
     return sims, decisions, record

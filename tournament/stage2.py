@@ -170,8 +170,13 @@ def run_stage2(dataset: Dataset, cube: WeightsCube, config: TournamentConfig
         if keys:
             sims.append(simulate_pair(dataset.returns, dataset.dates, cube, keys,
                                       rebalance=rebalance, simulator=simulator, config=config))
-    for rebalance in config.rebalances:
-        bench = simulate_benchmark(dataset, cube, config, rebalance)
-        if bench is not None:
-            sims.append(bench)
-    return sims
+    return sims + benchmark_simulations(dataset, cube, config, config.rebalances)
+
+
+def benchmark_simulations(dataset: Dataset, cube: WeightsCube, config: TournamentConfig,
+                          rebalances) -> list[SimulationResult]:
+    """The benchmark's buy-and-hold rows, one per rebalance mode in `rebalances` (none when
+    the data has no benchmark): the one place every runner (serial, legacy, race, flows)
+    adds them, after the strategies' simulations."""
+    sims = [simulate_benchmark(dataset, cube, config, rebalance) for rebalance in rebalances]
+    return [s for s in sims if s is not None]

@@ -1,0 +1,127 @@
+"""What a parent flow (`tournament`, `tournament-simulate`) keeps while its stages run, and
+its outputs step: statistics, run files, ledger, report and artifacts."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tournament.config import TournamentConfig
+from tournament.cube import FAILED, WeightsCube
+
+from .progress import RunProgress, StageCounts
+
+STATE_FILE = "tournament_state.json"      # flows.progress writes it
+
+
+@dataclass
+class RunState:
+    """One parent flow run: what its stages returned, gathered for the outputs step."""
+    run_id: str
+    config: TournamentConfig
+    storage: Any
+    refresh: bool
+    progress: RunProgress
+    cube: WeightsCube | None = None
+    timings: dict[str, Any] = field(default_factory=dict)
+    cache: dict[str, dict[str, int]] = field(default_factory=dict)
+    key_parts: dict[str, dict] = field(default_factory=dict)
+    warmups: list = field(default_factory=list)
+
+    def adopt(self, stage: str, out: dict) -> None:
+        """Take in what a stage subflow returned: its cache counts, cache-key parts, the
+        run's progress counts, overlapped timings and the Ray warm-up refs."""
+        self.cache[stage] = out["cache"]
+        self.key_parts.update(out["key_parts"])
+        for name, counts in out["progress"].items():
+            self.progress.stages[name] = StageCounts(**counts)
+        parallel = self.timings.setdefault("parallel", {})
+        for name, value in out["parallel"].items():
+            if name == "first_submit_epoch":        # the run's first submit, not the last
+                parallel.setdefault(name, value)
+            else:
+                parallel[name] = parallel.get(name, 0.0) + value
+        self.warmups = out["warmups"] or self.warmups
+
+    def fail(self) -> None:
+        """The run failed: its final state keeps the counts a failing stage last wrote into
+        tournament_state.json (a stage that raises returns none)."""
+        try:
+            state = json.loads((self.progress.out_dir / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            state = {}
+        if state.get("run_id") == self.run_id:
+            for name, counts in state.get("stages", {}).items():
+                self.progress.stages[name] = StageCounts(
+                    **{k: v for k, v in counts.items() if k != "pending"})
+        self.progress.finish("failed")
+
+    def add_warmup_timings(self) -> None:
+        self.timings["parallel"] = {**self.timings.get("parallel", {}),
+                                    **warmup_timings(self.warmups)}
+
+
+def write_outputs(run: RunState, out_dir: Path, results, returns, manifest: dict, *,
+                  ledger_rows=None, ledger_detail: dict | None = None):
+    """The outputs step, shared by the parent flow and `simulate`: leaderboard statistics
+    and report charts as cached tasks keyed by the frames' digest (the charts drawn in a
+    thread while the statistics run), `finalize_run` (a new sealed ledger segment, the run
+    files, cache-key parts), the final state, report.html and the Prefect artifacts.
+    `ledger_rows`/`ledger_detail`: see finalize_run. Returns (results with the statistics
+    columns, status, what publish_artifacts returned)."""
+    from tasks.artifacts import publish_artifacts
+    from tasks.outputs import leaderboard_statistics, report_charts
+    from tournament.keys import outputs_key
+    from tournament.outputs import finalize_run, update_manifest
+    config, storage, refresh = run.config, run.storage, run.refresh
+    # The charts need only the metrics, so they are drawn in a thread while the
+    # statistics run (numpy/scipy release the GIL for much of the latter).
+    charts_future = report_charts.with_options(
+        result_storage=storage, refresh_cache=refresh).submit(
+        results, returns, cache_key=outputs_key("charts", results, returns))
+    t0 = time.perf_counter()
+    stats_task = leaderboard_statistics.with_options(result_storage=storage,
+                                                     refresh_cache=refresh)
+    statistics = stats_task(results, returns, periods=config.annualization,
+                            cache_key=outputs_key("statistics", results, returns,
+                                                  extra=config.annualization))
+    run.timings["statistics"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    results = finalize_run(out_dir, cube=run.cube, results=results, returns=returns,
+                           manifest=manifest, key_parts=run.key_parts,
+                           periods=config.annualization, statistics=statistics,
+                           ledger_rows=ledger_rows, ledger_detail=ledger_detail)
+    run.timings["write_outputs"] = time.perf_counter() - t0
+    n_failed = int((results["status"] == FAILED).sum())
+    status = "completed" if n_failed == 0 else "completed_with_failures"
+    run.progress.finish(status)
+    t0 = time.perf_counter()
+    charts = charts_future.result()            # the part not hidden behind the statistics
+    run.timings["report_charts"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    published = publish_artifacts(str(out_dir), charts=charts)   # report.html + artifacts
+    run.timings["report_and_artifacts"] = time.perf_counter() - t0
+    update_manifest(out_dir, timings=run.timings)
+    return results, status, published
+
+
+def warmup_timings(refs: list) -> dict[str, float]:
+    """Worker warm-up and numba-load seconds reported by the prewarm tasks that finished
+    (they overlap other work, so they are reported apart from the sequential phases)."""
+    if not refs:
+        return {}
+    import ray
+    done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+    reports = [r for r in ray.get(done) if isinstance(r, dict)]
+    if not reports:
+        return {}
+    return {"worker_warmup": max(r["imports"] for r in reports),
+            "numba_load": max(r["numba"] for r in reports)}
+
+
+def flow_run_id() -> str | None:
+    from prefect.context import FlowRunContext
+    ctx = FlowRunContext.get()
+    return str(ctx.flow_run.id) if ctx and ctx.flow_run else None

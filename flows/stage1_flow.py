@@ -1,0 +1,126 @@
+"""Stage 1 as a Prefect subflow: one task per chunk of cells -> the weights cube.
+
+Runnable on its own (from the UI, or `stage1_flow(config=..., data=..., run_dir=...)`): it
+then writes the cube into its run directory. The `tournament` flow runs it with the run's
+progress and a `cube_file` for Stage 2, and takes the cube from its return value.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from tournament.cube import FAILED, FALLBACK, OK, UNSUPPORTED
+from tournament.stage1 import assemble_cube
+
+from .locking import run_dir_lock
+from .plan import stage1_plan
+from .ray_runner import LazyRayTaskRunner
+from .stage_run import (StageRun, build_stage_run, current, ensure_current_ray, is_cached,
+                        resolve_config, run_chunks, stage_counts, stored_chunks)
+
+
+def _stage1(config: dict[str, Any] | None = None, data: str = "sp500",
+            data_kind: str = "prices", days: int | None = None,
+            run_dir: str | None = None, result_storage: str | None = None,
+            refresh: bool = False, config_path: str | None = None,
+            overrides: dict[str, Any] | None = None, ray_address: str | None = None,
+            num_cpus: int | None = None, shared_storage: bool = False,
+            cube_dir: str | None = None, progress: dict[str, Any] | None = None,
+            label: str = "") -> dict:
+    """Stage 1: solve every (window, selection, engine, profile) cell into the weights cube.
+
+    Args:
+        config: the config as `TournamentConfig.to_dict()` gives it (a manifest's `config`);
+            when None, `config_path` and `overrides` are loaded instead.
+        data: sp500 | synthetic[:DAYSxASSETS] | PATH (.csv/.parquet).
+        data_kind: what a data file holds: prices or returns.
+        days: the last N trading days; None = the source's default, 0 = whole history.
+        run_dir: run directory; without `cube_dir` the stage writes the cube there
+            (weights_cube.pkl, weights_cube.parquet, cells.parquet) under the directory's lock.
+        result_storage: Prefect result storage (path, fsspec URL or storage block slug).
+        refresh: ignore stored results and recompute.
+        config_path: TOML config file (when `config` is None).
+        overrides: flat config overrides (when `config` is None), e.g. {"engines": ["custom"]}.
+        ray_address: existing Ray cluster.
+        num_cpus: local Ray CPUs.
+        shared_storage: a local result storage path is shared by every cluster node.
+        cube_dir: write only the cube's pickle (weights_cube.pkl), into this directory under
+            the run directory (the parent flow's hand-over to Stage 2; the run directory's
+            outputs are the parent's to write, at the end).
+        progress: the run's progress (flows.stage_run.progress_state), continued in the run
+            directory's tournament_state.json; None = a progress bar only.
+        label: shown in the flow run's name.
+
+    Returns {"cells", "cache", "cube_file", "cube" (the WeightsCube), "key_parts",
+    "progress" (every stage's counts), "parallel" (overlapped timings), "warmups"}.
+    """
+    from tasks.stage1 import solve_chunk
+    cfg = resolve_config(config, config_path, overrides)
+    stage = build_stage_run(config=cfg, data=data, data_kind=data_kind, days=days,
+                            run_dir=run_dir, result_storage=result_storage, refresh=refresh,
+                            ray_address=ray_address, num_cpus=num_cpus,
+                            shared_storage=shared_storage, progress=progress)
+    with current(stage):
+        cache = _solve_cells(stage, solve_chunk)
+    written = None
+    if run_dir:
+        with run_dir_lock(run_dir):
+            if cube_dir:
+                Path(cube_dir).mkdir(parents=True, exist_ok=True)
+            else:
+                stage.cube.to_parquet(run_dir)
+            written = Path(cube_dir or run_dir) / "weights_cube.pkl"
+            stage.cube.to_pickle(written)
+    return {"cells": cache["cells"], "cache": cache,
+            "cube_file": str(written) if written else None, "cube": stage.cube,
+            "key_parts": stage.key_parts, "progress": stage_counts(stage.progress),
+            "parallel": stage.parallel, "warmups": stage.warmups}
+
+
+# The flow function has a name of its own (not the flow's), so cloudpickle ships it by
+# reference: Prefect sends the flow run's context, flow object included, with every task,
+# and a function pickled by value would carry its module's globals. Its return value holds
+# the cube: never persisted (the parent takes it in process; on its own it is in run_dir).
+stage1_flow = flow(name="stage1-weights-cube", flow_run_name="stage1 {label}",
+                   validate_parameters=False, persist_result=False,
+                   task_runner=LazyRayTaskRunner(ensure_ray=ensure_current_ray))(_stage1)
+
+
+def _solve_cells(stage: StageRun, solve_chunk) -> dict[str, int]:
+    """Solve every chunk into `stage.cube`; returns the cache counts."""
+    cfg, ds, windows = stage.config, stage.dataset, stage.windows
+    chunks = stage1_plan(cfg, ds, windows)
+    stored = stored_chunks(stage, chunks)
+    task = solve_chunk.with_options(result_storage=stage.storage, refresh_cache=stage.refresh)
+    for c in chunks:
+        stage.key_parts[c.key] = c.parts
+
+    def on_ray(chunk):
+        stage.ensure_ray()
+        return stage.returns_ref, windows, chunk.members, cfg
+
+    progress = stage.progress
+    results, hits, cells_cached = [], 0, 0
+    for chunk, fut in run_chunks(task, chunks, stored, ray_args=on_ray,
+                                 local_args=lambda c: (ds.returns, windows, c.members, cfg),
+                                 on_submit=stage.mark_first_submit):
+        out = fut.result()
+        cached = is_cached(fut)          # one API read per task
+        hits += cached
+        chunk_results = out["results"]
+        cells_cached += len(chunk_results) if cached else 0
+        results.extend(chunk_results)
+        progress.record("stage1",
+                        done=sum(r.status == OK for r in chunk_results),
+                        failed=sum(r.status == FAILED for r in chunk_results),
+                        unsupported=sum(r.status == UNSUPPORTED for r in chunk_results),
+                        cached=len(chunk_results) if cached else 0)
+    stage.cube = assemble_cube(ds, windows, results, cfg)
+    # Cells the on_infeasible policy resolved are fallbacks, not failures: count them done.
+    n_fallback = int((stage.cube.cells["status"] == FALLBACK).sum())
+    progress.stages["stage1"].failed -= n_fallback
+    progress.stages["stage1"].done += n_fallback
+    return {"tasks": len(chunks), "cached": hits, "cells": len(results),
+            "cells_cached": cells_cached, "cells_computed": len(results) - cells_cached}

@@ -1,0 +1,179 @@
+"""Stage 2 as a Prefect subflow: one task per (rebalance, simulator, strategy chunk).
+
+Runnable on its own (from the UI, or `stage2_flow(config=..., data=..., run_dir=...)`) on the
+cube of a run directory; its simulations then go to result storage only (`tournament
+simulate` / the `tournament-simulate` flow also merges them into the run directory). The
+`tournament` and `tournament-simulate` flows take the simulations from its return value.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from tournament.cube import OK
+from tournament.stage2 import (benchmark_simulations, merge_results, ok_strategies,
+                               simulation_pairs)
+
+from .plan import stage2_plan
+from .ray_runner import LazyRayTaskRunner
+from .rerun import load_cube
+from .stage_run import (StageRun, build_stage_run, current, ensure_current_ray, is_cached,
+                        resolve_config, run_chunks, stage_counts, stored_chunks)
+
+
+def _stage2(config: dict[str, Any] | None = None, data: str = "sp500",
+            data_kind: str = "prices", days: int | None = None,
+            run_dir: str | None = None, result_storage: str | None = None,
+            pairs: list[list[str]] | None = None, benchmarks: list[str] | None = None,
+            race: dict[str, Any] | None = None,
+            refresh: bool = False, config_path: str | None = None,
+            overrides: dict[str, Any] | None = None, ray_address: str | None = None,
+            num_cpus: int | None = None, shared_storage: bool = False,
+            cube_dir: str | None = None, progress: dict[str, Any] | None = None,
+            label: str = "") -> dict:
+    """Stage 2: simulate the cube's ok strategies for each (rebalance, simulator) pair.
+
+    Args:
+        config: the config as `TournamentConfig.to_dict()` gives it (a manifest's `config`);
+            when None, `config_path` and `overrides` are loaded instead.
+        data: sp500 | synthetic[:DAYSxASSETS] | PATH (.csv/.parquet).
+        data_kind: what a data file holds: prices or returns.
+        days: the last N trading days; None = the source's default, 0 = whole history.
+        run_dir: run directory holding the cube (weights_cube.pkl) when `cube_dir` is None.
+        result_storage: Prefect result storage (path, fsspec URL or storage block slug).
+        pairs: [rebalance, simulator] pairs to simulate; None = every pair of the config.
+        benchmarks: rebalance modes to add the benchmark's buy-and-hold for; None = the
+            config's rebalance modes.
+        race: multi-fidelity racing (tournament.race.RaceSettings as a dict: top_k, cap,
+            min_tau, on_disagreement); None = every strategy at every tier. Not with `pairs`.
+        refresh: ignore stored results and recompute.
+        config_path: TOML config file (when `config` is None).
+        overrides: flat config overrides (when `config` is None).
+        ray_address: existing Ray cluster.
+        num_cpus: local Ray CPUs.
+        shared_storage: a local result storage path is shared by every cluster node.
+        cube_dir: directory of the cube's weights_cube.pkl (Stage 1's hand-over in the
+            parent flow); None = run_dir.
+        progress: the run's progress (flows.stage_run.progress_state), continued in the run
+            directory's tournament_state.json; None = a progress bar only.
+        label: shown in the flow run's name.
+
+    Returns {"pairs", "cache", "simulations" (SimulationResults, benchmark included),
+    "race" (the manifest record, or None), "race_decisions", "key_parts", "progress",
+    "parallel", "warmups"}.
+    """
+    from tasks.stage2 import simulate_chunk
+    cfg = resolve_config(config, config_path, overrides)
+    stage = build_stage_run(config=cfg, data=data, data_kind=data_kind, days=days,
+                            run_dir=run_dir, result_storage=result_storage, refresh=refresh,
+                            ray_address=ray_address, num_cpus=num_cpus,
+                            shared_storage=shared_storage, progress=progress)
+    stage.cube = load_cube(cube_dir or run_dir, stage.dataset)
+    benchmarks = cfg.rebalances if benchmarks is None else tuple(benchmarks)
+    cache: dict[str, int] = {}
+    decisions = record = None
+    if race is not None:
+        from tournament.errors import ConfigError
+        from tournament.race import RaceSettings
+        if pairs is not None:
+            raise ConfigError("stage2: race and pairs exclude each other (a race picks its "
+                              "pairs tier by tier)")
+        pairs = simulation_pairs(cfg)
+        with current(stage):
+            sims, decisions, record = _race(stage, simulate_chunk, RaceSettings.from_dict(race),
+                                            cache)
+    else:
+        pairs = simulation_pairs(cfg) if pairs is None else [tuple(p) for p in pairs]
+        with current(stage):
+            sims = _simulate_pairs(stage, simulate_chunk, pairs, cache)
+    sims.extend(benchmark_simulations(stage.dataset, stage.cube, cfg, benchmarks))
+    return {"pairs": [list(p) for p in pairs], "cache": cache, "simulations": sims,
+            "race": record, "race_decisions": decisions, "key_parts": stage.key_parts,
+            "progress": stage_counts(stage.progress), "parallel": stage.parallel,
+            "warmups": stage.warmups}
+
+
+# Named apart from the flow and never persisted, as stage1_flow (see there).
+stage2_flow = flow(name="stage2-simulation", flow_run_name="stage2 {label}",
+                   validate_parameters=False, persist_result=False,
+                   task_runner=LazyRayTaskRunner(ensure_ray=ensure_current_ray))(_stage2)
+
+
+def _race(stage: StageRun, simulate_chunk, settings, cache: dict[str, int]):
+    """Multi-fidelity racing (tournament.race decides; this runs each tier's chunks).
+    Returns (simulations, tier decisions, manifest record)."""
+    from tournament.race import run_race
+    from tournament.stage2 import results_frame
+    logger = get_run_logger()
+    cfg, n_ok = stage.config, len(ok_strategies(stage.cube))
+    progress = stage.progress.stages["stage2"]
+    progress.total = 0
+    seconds: list[float] = []
+
+    def simulate(pairs, strategies):
+        progress.total += sum(n_ok if strategies is None else len(strategies.get(r, ()))
+                              for r, _ in pairs)
+        t0 = time.perf_counter()
+        out = _simulate_pairs(stage, simulate_chunk, pairs, cache, strategies)
+        seconds.append(round(time.perf_counter() - t0, 3))
+        return out
+
+    sims, decisions, record = run_race(
+        simulate, config=cfg, settings=settings, log=logger.info,
+        results_of=lambda s: results_frame(s, stage.cube, stage.dataset, cfg))
+    for tier, secs in zip(record["tiers"], seconds):
+        tier["seconds"] = secs
+    return sims, decisions, record
+
+
+def _simulate_pairs(stage: StageRun, simulate_chunk, pairs: list[tuple[str, str]],
+                    cache: dict[str, int], strategies: dict[str, list] | None = None) -> list:
+    """Simulate `pairs` for every ok strategy, or for `strategies` ({rebalance: keys}: a
+    race's promoted subset). A subset's chunks have the cache keys of their own members
+    (stage2_key_parts lists each member's schedule digest), so a subset never reads or
+    overwrites a full chunk's stored result unless it holds exactly the same strategies.
+    Adds to `cache`; returns the simulations merged per pair."""
+    cfg, ds, cube = stage.config, stage.dataset, stage.cube
+    if strategies is None:
+        chunks = stage2_plan(cfg, ds, cube, ok_strategies(cube), pairs)
+    else:
+        chunks = [c for r in sorted({r for r, _ in pairs})
+                  for c in stage2_plan(cfg, ds, cube, sorted(strategies.get(r, [])),
+                                       [p for p in pairs if p[0] == r])]
+        chunks.sort(key=lambda c: -c.cost)
+    stored = stored_chunks(stage, chunks)
+    task = simulate_chunk.with_options(result_storage=stage.storage, refresh_cache=stage.refresh)
+    for c in chunks:
+        stage.key_parts[c.key] = c.parts
+
+    def on_ray(chunk):
+        cube_ref = stage.ensure_cube_ref()
+        return stage.returns_ref, ds.dates, cube_ref, chunk.members, cfg
+
+    def local(chunk):
+        return ds.returns, ds.dates, cube, chunk.members, cfg
+
+    by_pair: dict[tuple[str, str], list] = {}
+    hits = sims_cached = n_sims = 0
+    for chunk, fut in run_chunks(task, chunks, stored, ray_args=on_ray, local_args=local):
+        result = fut.result()["result"]
+        # A cached result may come from identical weights under another name: relabel.
+        result.keys = list(chunk.members)
+        cached = is_cached(fut)
+        hits += cached
+        n_sims += len(result.keys)
+        sims_cached += len(result.keys) if cached else 0
+        by_pair.setdefault((result.rebalance, result.simulator), []).append(result)
+        stage.progress.record("stage2", done=sum(s == OK for s in result.status),
+                              failed=sum(s != OK for s in result.status),
+                              cached=len(result.keys) if cached else 0)
+    for name, n in (("tasks", len(chunks)), ("cached", hits), ("simulations", n_sims),
+                    ("simulations_cached", sims_cached),
+                    ("simulations_computed", n_sims - sims_cached)):
+        cache[name] = cache.get(name, 0) + n
+    # Chunks finish in any order (Ray, or local replay); merge them in a fixed order so the
+    # results frame, and the digest that keys the cached statistics, never depend on timing.
+    return [merge_results(sorted(parts, key=lambda r: list(r.keys)))
+            for _, parts in sorted(by_pair.items())]
