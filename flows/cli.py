@@ -247,8 +247,8 @@ def _stage1_needs_compute(args, config, dataset) -> bool:
     if args.refresh:
         return True
     from flows.plan import stage1_plan, uncached_count
-    from tournament.windows import make_windows
-    chunks = stage1_plan(config, dataset, make_windows(dataset.n_days, config.windows))
+    from tournament.windows import windows_for
+    chunks = stage1_plan(config, dataset, windows_for(dataset, config.windows))
     missing = uncached_count(chunks, args.result_storage)
     return missing is None or missing > 0
 

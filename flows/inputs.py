@@ -24,7 +24,8 @@ from typing import Any
 from tournament.config import TournamentConfig, load_config
 from tournament.config_fields import DATA_KINDS
 from tournament.data import BUNDLED, Dataset, load_dataset, resolve_days, validate_for_config
-from tournament.windows import Window, make_windows
+from tournament.errors import ConfigError
+from tournament.windows import Window, windows_for
 
 DEFAULT_DATA_KIND = DATA_KINDS[0]
 
@@ -106,14 +107,27 @@ def prepare_run(config: TournamentConfig, *, data: str, data_kind: str, days: in
     stage subflows all prepare through here; the last result is kept in this process.
     `loaded`: the source's dataset, already loaded by the caller (`tournament simulate`
     reloads a run's data and checks its fingerprint first)."""
+    days = anchored_days(config, days)
     key = (config.digest(), data, data_kind, days, _source_stamp(data))
     if key not in _PREPARED:
         dataset = loaded if loaded is not None else load_dataset(data, days=days, kind=data_kind)
         validate_for_config(dataset, config)
-        prepared = PreparedRun(config, dataset, make_windows(dataset.n_days, config.windows))
+        prepared = PreparedRun(config, dataset, windows_for(dataset, config.windows))
         _PREPARED.clear()            # one prepared run at a time is all a process needs
         _PREPARED[key] = prepared
     return _PREPARED[key]
+
+
+def anchored_days(config: TournamentConfig, days: int | None) -> int | None:
+    """`days` for a config: with anchored windows ([windows] start) the whole history is
+    loaded (taking the last N days would move the grid every night), so --days is refused."""
+    if not config.windows.start:
+        return days
+    if days:
+        raise ConfigError(f"config error: give either --days {days} (the last {days} days) or "
+                          f"[windows] start / --start {config.windows.start} (anchored "
+                          "windows), not both")
+    return 0
 
 
 # ----------------------------------------------------------------------------- run names
@@ -136,7 +150,10 @@ def run_name_for(parameters: dict[str, Any], prefix: str = "tournament") -> str:
              "data_source", "compute")
     try:
         inputs = resolve_inputs(**{k: parameters.get(k) for k in names})
-        return format_run_name(prefix, inputs.config().fidelity, inputs.data, inputs.days)
+        config = inputs.config()
+        days = anchored_days(config, inputs.days)
+        name = format_run_name(prefix, config.fidelity, inputs.data, days)
+        return f"{name} from {config.windows.start}" if config.windows.start else name
     except Exception:   # invalid inputs: the run fails on them with the full message
         fidelity, data = parameters.get("fidelity"), parameters.get("data")
         return " ".join([prefix, fidelity if isinstance(fidelity, str) else "?",

@@ -243,11 +243,12 @@ def plan_run(config, dataset, *, result_storage: str | None, refresh: bool, cpus
     from tournament.estimate import Stage1Chunk, Stage2Chunk, Workload, horizon_days, problem_size
     from tournament.stage1 import apply_infeasible_policy
     from tournament.stage2 import ok_strategies, simulation_pairs
-    from tournament.windows import make_windows
+    from tournament.windows import first_row, windows_for
 
-    windows = make_windows(dataset.n_days, config.windows)
+    windows = windows_for(dataset, config.windows)
     w = config.windows
-    horizon = horizon_days(dataset.n_days, w.train, w.test, w.step)
+    horizon = horizon_days(dataset.n_days - first_row(dataset.dates, w.start), w.train, w.test,
+                           w.step)
     location = result_storage or os.environ.get(RESULT_STORAGE_BLOCK_ENV) or DEFAULT_RESULT_STORAGE
     chunks1 = stage1_plan(config, dataset, windows)
     stored1 = set() if refresh else stored_keys([c.key for c in chunks1], location)
@@ -330,27 +331,16 @@ def plan_run(config, dataset, *, result_storage: str | None, refresh: bool, cpus
                    stage2_keys_known=bool(keys2) and not unknown, workload=workload)
 
 
-def config_from_manifest(d: dict):
-    """The TournamentConfig an earlier run recorded (manifest `config`)."""
-    from tournament.config import CostModel, TournamentConfig, WindowSpec
-    return TournamentConfig(
-        windows=WindowSpec(**d["windows"]), selections=tuple(d["selections"]),
-        engines=tuple(d["engines"]), profiles=tuple(d["profiles"]),
-        rebalances=tuple(d["rebalances"]), fidelity=d.get("fidelity", "low"),
-        simulator_list=tuple(d.get("simulators") or d.get("simulator_list") or ()),
-        costs=CostModel(**d.get("costs", {})), max_weight=d.get("max_weight", 1.0),
-        top_k=d.get("top_k", 10))
-
-
 def past_workload(run, *, cpus: int):
     """An earlier run's workload, rebuilt from its manifest and results (for calibration):
     its chunks, with the manifest's cached task counts applied in order."""
-    from tournament.estimate import (Stage1Chunk, Stage2Chunk, Workload, horizon_days,
-                                     problem_size, services_mode_of)
+    from tournament.calibration import services_mode_of
+    from tournament.config import config_from_dict
+    from tournament.estimate import Stage1Chunk, Stage2Chunk, Workload, horizon_days, problem_size
     from tournament.stage1 import plan_cells
     from tournament.windows import make_windows
     m = run.manifest
-    config = config_from_manifest(m["config"])
+    config = config_from_dict(m["config"], source=f"{run.path}/manifest.json")
     n_days, n_assets = int(m["data"]["days"]), int(m["data"]["assets"])
     windows = make_windows(n_days, config.windows)
     cache = m.get("cache", {})

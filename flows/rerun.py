@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from tournament.config import TournamentConfig, build_config
+from tournament.config import TournamentConfig, config_from_dict  # noqa: F401 (re-exported)
 from tournament.cube import WeightsCube
 from tournament.data import BUNDLED, SYNTHETIC, Dataset, load_dataset, validate_for_config
 from tournament.errors import ConfigError, DataError, unknown_name
@@ -24,16 +24,6 @@ from tournament.registry import REBALANCE_MODES, SIMULATORS
 INPUT_FILES = ("manifest.json", "weights_cube.pkl", "results.parquet", "returns.parquet",
                "cache_keys.json", "ledger.jsonl")
 _PREPARED: dict[tuple, "SimulateInputs"] = {}
-
-
-def config_from_dict(config: dict[str, Any], *, source: str = "<config dict>"
-                     ) -> TournamentConfig:
-    """The config `TournamentConfig.to_dict()` (and so every manifest) records, rebuilt and
-    validated (ConfigError naming `source` and the field)."""
-    flat = {k: v for k, v in config.items() if k not in ("windows", "costs", "simulators")}
-    flat.update(config.get("windows") or {})
-    flat.update(config.get("costs") or {})
-    return build_config(flat, source=source)
 
 
 def load_cube(run_dir: str | None, dataset: Dataset) -> WeightsCube:

@@ -21,13 +21,12 @@ from typing import Any
 
 from prefect.futures import as_completed
 
-from tournament.config import TournamentConfig
+from tournament.config import TournamentConfig, config_from_dict
 from tournament.cube import WeightsCube
 
 from .inputs import PreparedRun, prepare_run
 from .plan import DEFAULT_RESULT_STORAGE, Chunk, stored_key
 from .progress import RunProgress, StageCounts
-from .rerun import config_from_dict
 from .runtime import (check_cluster_reachability, check_storage_reaches_all_nodes,
                       default_result_storage, init_ray, make_result_storage, prewarm_workers,
                       storage_url, warmup_refs)

@@ -105,6 +105,16 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TournamentC
     return build_config(flat, source=source)
 
 
+def config_from_dict(config: dict[str, Any], *, source: str = "<config dict>"
+                     ) -> TournamentConfig:
+    """The config `TournamentConfig.to_dict()` (and so every manifest) records, rebuilt and
+    validated (ConfigError naming `source` and the field)."""
+    flat = {k: v for k, v in config.items() if k not in ("windows", "costs", "simulators")}
+    flat.update(config.get("windows") or {})
+    flat.update(config.get("costs") or {})
+    return build_config(flat, source=source)
+
+
 def _read_toml(path: Path, source: str) -> dict[str, Any]:
     """A TOML config file as flat field names -> values (not yet validated)."""
     def fail(problem: str):

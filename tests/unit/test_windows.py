@@ -57,3 +57,15 @@ def test_too_little_data_for_one_training_window():
     assert len(make_windows(180, SPEC)) == 1          # rebalance on the last row, empty test
     with pytest.raises(DataError, match="179 rows is fewer than one training window"):
         make_windows(179, SPEC)
+
+
+def test_start_and_days_are_one_or_the_other():
+    from flows.inputs import anchored_days
+    from tournament.config import load_config
+    from tournament.errors import ConfigError
+    anchored = load_config(start="2020-06-01")
+    assert anchored_days(anchored, None) == 0          # the whole history: the grid stays put
+    assert anchored_days(load_config(), 300) == 300
+    with pytest.raises(ConfigError, match=r"either --days 300 .* or \[windows\] start / "
+                                          r"--start 2020-06-01"):
+        anchored_days(anchored, 300)
