@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tournament.keys import cache_key, stage1_key_parts, stage2_key_parts
 from tournament.stage1 import plan_cells
+from tournament.schema import OK, STRATEGY_KEYS
 
 DEFAULT_RESULT_STORAGE = ".tournament-cache/results"
 
@@ -352,8 +353,8 @@ def past_workload(run, *, cpus: int):
                                for c in cells if _supported(c.engine, c.profile)],
                               cached=i < s1_cached))
     res = run.results
-    ok = res[(res["status"] == "ok") & (res["selection"] != "benchmark")] if res is not None else None
-    keys = sorted({tuple(k) for k in ok[["selection", "engine", "profile"]].itertuples(
+    ok = res[(res["status"] == OK) & (res["selection"] != "benchmark")] if res is not None else None
+    keys = sorted({tuple(k) for k in ok[STRATEGY_KEYS].itertuples(
         index=False)}) if ok is not None else []
     rows = [(reb, sim, len(members), False) for reb in config.rebalances
             for sim in config.simulators for _, members in stage2_chunks(keys, sim)]

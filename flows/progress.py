@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tournament.outputs import write_json
+from tournament.schema import FAILED, STATE, UNSUPPORTED
 
 
 @dataclass
@@ -28,8 +29,8 @@ class StageCounts:
         return self.total - self.done - self.failed - self.unsupported
 
     def as_dict(self) -> dict[str, int]:
-        return {"total": self.total, "done": self.done, "failed": self.failed,
-                "unsupported": self.unsupported, "pending": self.pending,
+        return {"total": self.total, "done": self.done, FAILED: self.failed,
+                UNSUPPORTED: self.unsupported, "pending": self.pending,
                 "cached": self.cached}
 
 
@@ -77,7 +78,7 @@ class RunProgress:
         return 1.0 if total == 0 else (total - left) / total
 
     def write(self, final: bool = False) -> None:
-        write_json(self.out_dir / "tournament_state.json", {
+        write_json(self.out_dir / STATE, {
             "run_id": self.run_id, "status": self.status,
             "updated_at": datetime.now(timezone.utc).isoformat(),
             "stages": {k: v.as_dict() for k, v in self.stages.items()}, **self.info},

@@ -20,15 +20,15 @@ from tournament.cube import WeightsCube
 from tournament.data import BUNDLED, SYNTHETIC, Dataset, load_dataset, validate_for_config
 from tournament.errors import ConfigError, DataError, unknown_name
 from tournament.registry import REBALANCE_MODES, SIMULATORS
+from tournament.schema import CACHE_KEYS, CUBE_PICKLE, LEDGER, MANIFEST, RESULTS, RETURNS
 
-INPUT_FILES = ("manifest.json", "weights_cube.pkl", "results.parquet", "returns.parquet",
-               "cache_keys.json", "ledger.jsonl")
+INPUT_FILES = (MANIFEST, CUBE_PICKLE, RESULTS, RETURNS, CACHE_KEYS, LEDGER)
 _PREPARED: dict[tuple, "SimulateInputs"] = {}
 
 
 def load_cube(run_dir: str | None, dataset: Dataset) -> WeightsCube:
     """The cube of a run directory (weights_cube.pkl), checked against the dataset."""
-    path = Path(run_dir or ".") / "weights_cube.pkl"
+    path = Path(run_dir or ".") / CUBE_PICKLE
     if not run_dir or not path.is_file():
         raise ConfigError(f"run directory error: no weights cube at {path} (run `tournament "
                           "run --out RUN_DIR` first)")
@@ -71,7 +71,7 @@ def _names(kind: str, given, valid, default: tuple[str, ...]) -> tuple[str, ...]
 
 
 def _read_manifest(run: Path) -> dict[str, Any]:
-    path = run / "manifest.json"
+    path = run / MANIFEST
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -146,10 +146,10 @@ def prepare_simulation(run_dir: str | Path, *, simulators=None, rebalances=None,
     if key in _PREPARED:
         return _PREPARED[key]
     manifest = _read_manifest(run)
-    if not (run / "weights_cube.pkl").is_file():
-        raise ConfigError(f"run directory error: no weights cube at {run / 'weights_cube.pkl'}"
+    if not (run / CUBE_PICKLE).is_file():
+        raise ConfigError(f"run directory error: no weights cube at {run / CUBE_PICKLE}"
                           " (run `tournament run --out RUN_DIR` first)")
-    config = config_from_dict(manifest["config"], source=str(run / "manifest.json"))
+    config = config_from_dict(manifest["config"], source=str(run / MANIFEST))
     sims = _names("simulators", simulators, SIMULATORS, config.simulators)
     rebs = _names("rebalances", rebalances, REBALANCE_MODES, config.rebalances)
     _check_ledger(run, manifest)
@@ -165,15 +165,15 @@ def prepare_simulation(run_dir: str | Path, *, simulators=None, rebalances=None,
     validate_for_config(dataset, merged)
     request = dataclasses.replace(merged, rebalances=rebs, simulator_list=sims)
     cube = load_cube(str(run), dataset)
-    results = _frame(run / "results.parquet")
-    returns = _frame(run / "returns.parquet")
+    results = _frame(run / RESULTS)
+    returns = _frame(run / RETURNS)
     from tournament.stage2 import BENCHMARK_KEY
     have = set(results.loc[results["selection"] == BENCHMARK_KEY[0], "rebalance"]) \
         if not results.empty else set()
     cache_keys = {}
-    if (run / "cache_keys.json").is_file():
+    if (run / CACHE_KEYS).is_file():
         try:
-            cache_keys = json.loads((run / "cache_keys.json").read_text())
+            cache_keys = json.loads((run / CACHE_KEYS).read_text())
         except ValueError:
             cache_keys = {}
     inputs = SimulateInputs(run, manifest, merged, request, dataset, spec, cube,

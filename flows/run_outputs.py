@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from tournament.config import TournamentConfig
-from tournament.cube import FAILED, WeightsCube
+from tournament.cube import WeightsCube
+from tournament.schema import FAILED, STATE
 
 from .progress import RunProgress, StageCounts
 
-STATE_FILE = "tournament_state.json"      # flows.progress writes it
 
 
 @dataclass
@@ -49,14 +49,14 @@ class RunState:
         """The run failed: its final state keeps the counts a failing stage last wrote into
         tournament_state.json (a stage that raises returns none)."""
         try:
-            state = json.loads((self.progress.out_dir / STATE_FILE).read_text())
+            state = json.loads((self.progress.out_dir / STATE).read_text())
         except (OSError, ValueError):
             state = {}
         if state.get("run_id") == self.run_id:
             for name, counts in state.get("stages", {}).items():
                 self.progress.stages[name] = StageCounts(
                     **{k: v for k, v in counts.items() if k != "pending"})
-        self.progress.finish("failed")
+        self.progress.finish(FAILED)
 
     def add_warmup_timings(self) -> None:
         self.timings["parallel"] = {**self.timings.get("parallel", {}),

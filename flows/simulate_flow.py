@@ -35,8 +35,8 @@ from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
 
-from tournament.cube import FAILED
 from tournament.errors import ConfigError
+from tournament.schema import CUBE_PICKLE, FAILED
 
 from .rerun import _PREPARED, merge_run_frames, prepare_simulation
 
@@ -93,7 +93,7 @@ def simulate(run_dir: str, simulators: list[str] | None = None,
     location = str(result_storage or inputs.manifest.get("result_storage")
                    or default_result_storage(DEFAULT_RESULT_STORAGE))
     with run_dir_lock(out_dir):         # re-entrant with the CLI's
-        if not (out_dir / "weights_cube.pkl").is_file():      # gone since validation
+        if not (out_dir / CUBE_PICKLE).is_file():      # gone since validation
             raise ConfigError(f"run directory error: no weights cube in {out_dir}")
         run_id = uuid.uuid4().hex[:12]
         n_ok = len(ok_strategies(cube))
@@ -149,7 +149,7 @@ def simulate(run_dir: str, simulators: list[str] | None = None,
                 ledger_detail={"mode": "simulate", "pairs": pairs})
             print(leaderboard_text(results, top=15))
             return {"run_id": run_id, "status": status, "out": str(out_dir),
-                    "failed": int((results["status"] == FAILED).sum()), "pairs": pairs,
+                    FAILED: int((results["status"] == FAILED).sum()), "pairs": pairs,
                     "rows": int(len(new_results)), "timings": run.timings, "cache": run.cache,
                     "flow_run_id": flow_run_id(), "report": published.get("report")}
         except BaseException:

@@ -11,8 +11,9 @@ from typing import Any
 
 from prefect import flow
 
-from tournament.cube import FAILED, FALLBACK, OK, UNSUPPORTED
+from tournament.schema import FAILED, FALLBACK, OK, UNSUPPORTED
 from tournament.stage1 import assemble_cube
+from tournament.schema import CUBE_PICKLE
 
 from .locking import run_dir_lock
 from .plan import stage1_plan
@@ -71,7 +72,7 @@ def _stage1(config: dict[str, Any] | None = None, data: str = "sp500",
                 Path(cube_dir).mkdir(parents=True, exist_ok=True)
             else:
                 stage.cube.to_parquet(run_dir)
-            written = Path(cube_dir or run_dir) / "weights_cube.pkl"
+            written = Path(cube_dir or run_dir) / CUBE_PICKLE
             stage.cube.to_pickle(written)
     return {"cells": cache["cells"], "cache": cache,
             "cube_file": str(written) if written else None, "cube": stage.cube,

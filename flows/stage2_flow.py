@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from tournament.cube import OK
+from tournament.schema import OK
 from tournament.stage2 import (benchmark_simulations, merge_results, ok_strategies,
                                simulation_pairs)
 

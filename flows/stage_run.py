@@ -23,6 +23,7 @@ from prefect.futures import as_completed
 
 from tournament.config import TournamentConfig, config_from_dict
 from tournament.cube import WeightsCube
+from tournament.schema import FAILED, UNSUPPORTED
 
 from .inputs import PreparedRun, prepare_run
 from .plan import DEFAULT_RESULT_STORAGE, Chunk, stored_key
@@ -142,8 +143,8 @@ def progress_state(progress: RunProgress) -> dict[str, Any]:
     run directory's tournament_state.json and returns its counts (`stage_counts`)."""
     return {"run_id": progress.run_id, "info": progress.info,
             "artifact_id": str(progress.artifact_id) if progress.artifact_id else None,
-            "stages": {k: {"total": c.total, "done": c.done, "failed": c.failed,
-                           "unsupported": c.unsupported, "cached": c.cached}
+            "stages": {k: {"total": c.total, "done": c.done, FAILED: c.failed,
+                           UNSUPPORTED: c.unsupported, "cached": c.cached}
                        for k, c in progress.stages.items()}}
 
 

@@ -34,8 +34,8 @@ from pydantic import Field
 
 from blocks.tournament_blocks import ComputeBlock, DataSourceBlock, TournamentGridBlock
 from tournament.config import DataKind, Fidelity
-from tournament.cube import FAILED, FALLBACK
 from tournament.overrides import GridOverrides
+from tournament.schema import FAILED, FALLBACK
 from tournament.stage1 import plan_cells
 from tournament.stage2 import ok_strategies, simulation_pairs
 
@@ -171,7 +171,7 @@ def tournament(fidelity: Fidelity | None = None, data: str | None = None,
                                                        manifest)
             print(leaderboard_text(results, top=15))
             return {"run_id": run_id, "status": status, "out": str(out_dir),
-                    "failed": int((results["status"] == FAILED).sum()),
+                    FAILED: int((results["status"] == FAILED).sum()),
                     "fallback_windows": int((run.cube.cells["status"] == FALLBACK).sum()),
                     "timings": run.timings, "cache": run.cache, "flow_run_id": flow_run_id(),
                     "race": summary["race"], "report": published.get("report")}

@@ -8,6 +8,7 @@ from tournament.config import TournamentConfig
 from tournament.cube import Cell, CellResult
 from tournament.stage1 import solve_cells
 from tournament.windows import Window
+from tournament.schema import UNSUPPORTED
 
 from .common import injected_delay, locked_policy, log_execution
 
@@ -20,5 +21,5 @@ def solve_chunk(returns: np.ndarray, windows: list[Window], cells: list[Cell],
     """Solve the chunk's cells (core call) and return results with their cache-key parts."""
     injected_delay()
     results: list[CellResult] = solve_cells(returns, windows, cells, config)
-    log_execution("stage1", cache_key, sum(r.status != "unsupported" for r in results))
+    log_execution("stage1", cache_key, sum(r.status != UNSUPPORTED for r in results))
     return {"results": results, "key_parts": key_parts}
