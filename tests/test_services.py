@@ -153,7 +153,8 @@ def check_ui_in_browser(run_link: str, port: int, out: Path, tmp_path: Path) -> 
         page.wait_text("tournament low sp500 260d")
         assert "Oops" not in page.evaluate("document.body.innerText")
         page.evaluate("document.getElementById('subflow-runs').click()")
-        page.wait_text("stage1 low 9 cells", "stage2 low 3 strategies x 1 pairs")
+        # 260 days, 180/40/20: 5 windows (rebalances 179..259) x (2 profiles + the baseline)
+        page.wait_text("stage1 low 15 cells", "stage2 low 3 strategies x 1 pairs")
         assert "Subflow" in page.evaluate("location.href") or "tab=" in page.evaluate(
             "location.href"), page.evaluate("location.href")
         results = pd.read_parquet(out / "results.parquet")
