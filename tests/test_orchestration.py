@@ -120,15 +120,17 @@ def test_cache_keys_never_hash_arrays_through_inputs():
     from tasks.stage2 import simulate_chunk
     from tournament.config import load_config
     from tournament.cube import Cell
-    from tournament.keys import stage1_key_parts, stage2_key_parts
+    from tournament.keys import (cell_key_parts, simulation_key_parts, stage1_chunk_parts,
+                                 stage2_key_parts)
     for task in (solve_chunk, simulate_chunk):
         assert isinstance(task.cache_policy, CacheKeyFnPolicy)
         assert task.cache_policy.cache_key_fn.__name__ == "key_from_parameters"
     cfg = load_config()
-    parts = [stage1_key_parts([Cell(0, "all", "custom", "min_variance")], data_fingerprint="f",
-                              config=cfg, window_dates=["2021-01-04"]),
-             stage2_key_parts(["abc"], rebalance="window", simulator="custom",
-                              data_fingerprint="f", config=cfg)]
+    chunk2 = stage2_key_parts(["abc"], rebalance="window", simulator="custom",
+                              returns_fingerprint="f", config=cfg)
+    parts = [cell_key_parts(Cell(0, "all", "custom", "min_variance"), window_date="2021-01-04",
+                            slice_fingerprint="f", config=cfg),
+             stage1_chunk_parts(["s1-abc"]), chunk2, simulation_key_parts(chunk2, "abc")]
     for p in parts:   # plain JSON: strings, numbers, lists, dicts only
         assert json.loads(json.dumps(p)) == p
 
