@@ -241,14 +241,20 @@ def _configured_api_url() -> str | None:
     return profiles.get("profiles", {}).get(name, {}).get("PREFECT_API_URL") or None
 
 
+def _cache_line(cache: dict) -> str:
+    """What a run computed and reused, in cells and simulations (as the manifest has it)."""
+    from tournament.report.frames import cache_lines
+    return "; ".join(f"{stage} {line}" for stage, line in cache_lines(cache))
+
+
 def _stage1_needs_compute(args, config, dataset) -> bool:
-    """Whether any Stage 1 chunk is missing from (local) result storage; remote storage and
-    --refresh count as yes. Decides whether Ray starts eagerly, beside the server boot."""
+    """Whether any Stage 1 chunk would solve a cell (neither it nor all its cells are in
+    (local) result storage); remote storage and --refresh count as yes. Decides whether Ray starts eagerly, beside the server boot."""
     if args.refresh:
         return True
     from flows.plan import stage1_plan, uncached_count
     from tournament.windows import windows_for
-    chunks = stage1_plan(config, dataset, windows_for(dataset, config.windows))
+    chunks, _ = stage1_plan(config, dataset, windows_for(dataset, config.windows))
     missing = uncached_count(chunks, args.result_storage)
     return missing is None or missing > 0
 
@@ -272,7 +278,7 @@ def _run_two_stage(args, config, dataset, overrides: dict, out: str, clock: RunC
         clock.lap("flow")
     clock.lap("shutdown")
     _record_cli_timings(out, clock, summary)
-    _say(f"wrote {out} ({summary['status']}; cache: {summary['cache']})")
+    _say(f"wrote {out} ({summary['status']}; {_cache_line(summary['cache'])})")
     if svc["ui_url"] and summary.get("flow_run_id"):
         return f"run: {svc['ui_url']}/runs/flow-run/{summary['flow_run_id']}"
     return None
@@ -369,7 +375,8 @@ def cmd_simulate(args, clock: RunClock) -> int:
         clock.lap("shutdown")
         _record_cli_timings(out, clock, summary)
     _say(f"wrote {out} (simulate {', '.join('/'.join(p) for p in summary['pairs'])}: "
-         f"{summary['status']}; 0 cells computed; cache: {summary['cache']['stage2']})")
+         f"{summary['status']}; 0 cells computed; "
+         f"{_cache_line({'stage2': summary['cache']['stage2']})})")
     if svc["ui_url"] and summary.get("flow_run_id"):
         link = f"run: {svc['ui_url']}/runs/flow-run/{summary['flow_run_id']}"
     code = _finish(out, strict=args.strict)

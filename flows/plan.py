@@ -12,8 +12,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tournament.keys import cache_key, stage1_key_parts, stage2_key_parts
-from tournament.stage1 import plan_cells
+from tournament.keys import (cache_key, cell_key_parts, horizon_fingerprint,
+                             simulation_key_parts, slice_fingerprint, stage1_chunk_parts,
+                             stage2_key_parts)
+from tournament.stage1 import engine_instance, plan_cells
 from tournament.schema import OK, STRATEGY_KEYS
 
 DEFAULT_RESULT_STORAGE = ".tournament-cache/results"
@@ -33,14 +35,29 @@ STAGE2_COST = {"custom": 0.01, "vectorbt": 0.2, "cvxportfolio": 1.0, "nautilus":
 
 @dataclass
 class Chunk:
-    """One task's worth of work: its display name, its members and its cache key."""
+    """One task's worth of work: its display name, its members, its cache key, and each
+    member's own key (`unit_keys`, aligned with `members`; None = never stored: an
+    unsupported cell), under which the task stores and finds that member's result."""
     name: str
     members: list
     key: str
     parts: dict
+    unit_keys: list
 
     def task_kwargs(self) -> dict:
-        return {"chunk_name": self.name, "cache_key": self.key, "key_parts": self.parts}
+        return {"chunk_name": self.name, "cache_key": self.key, "key_parts": self.parts,
+                "unit_keys": self.unit_keys}
+
+    def stored_units(self) -> list[str]:
+        return [k for k in self.unit_keys if k is not None]
+
+
+def replayable(chunks: list[Chunk], exists) -> set[str]:
+    """Keys of the chunks that compute nothing: stored themselves, or every unit stored
+    (`exists(key)`: is that key in result storage). Units are looked up only for chunks not
+    stored whole."""
+    return {c.key for c in chunks
+            if exists(c.key) or all(exists(k) for k in c.stored_units())}
 
 
 def stored_key(key: str) -> str:
@@ -90,14 +107,28 @@ def stage1_chunks(cells, *, n_assets: int) -> list[tuple[str, list]]:
     return out
 
 
-def stage1_plan(config, dataset, windows) -> list[Chunk]:
+def stage1_plan(config, dataset, windows) -> tuple[list[Chunk], dict[str, dict]]:
+    """Stage 1's chunks, and every cell's key parts ({cell key: parts}, what cache_keys.json
+    records). Each window's training slice is fingerprinted once, for all its cells."""
     dates = [str(dataset.dates[w.rebalance].date()) for w in windows]
-    out = []
+    slices = [slice_fingerprint(dataset.returns, dataset.dates, dataset.assets, w.train_rows)
+              for w in windows]
+    out, cell_parts = [], {}
     for name, cells in stage1_chunks(plan_cells(config, windows), n_assets=dataset.n_assets):
-        parts = stage1_key_parts(cells, data_fingerprint=dataset.fingerprint, config=config,
-                                 window_dates=dates)
-        out.append(Chunk(name, cells, cache_key(parts), parts))
-    return out
+        unit_keys = []
+        for c in cells:
+            if not engine_instance(c.engine).supports(c.profile):
+                unit_keys.append(None)          # never solved, never stored
+                continue
+            parts = cell_key_parts(c, window_date=dates[c.window],
+                                   slice_fingerprint=slices[c.window], config=config)
+            unit_keys.append(cache_key(parts))
+            cell_parts[unit_keys[-1]] = parts
+        # An unsupported cell is named, so its recorded reason belongs to this chunk's key.
+        parts = stage1_chunk_parts([k or f"unsupported {c.engine}/{c.profile}"
+                                    for k, c in zip(unit_keys, cells)])
+        out.append(Chunk(name, cells, cache_key(parts), parts, unit_keys))
+    return out, cell_parts
 
 
 def stage2_chunks(keys, simulator: str) -> list[tuple[str, list]]:
@@ -125,17 +156,24 @@ class SimulationChunk(Chunk):
 
 
 def stage2_plan(config, dataset, cube, strategies, pairs) -> list[SimulationChunk]:
-    """Stage 2 chunks, most expensive first (a shorter tail on the workers)."""
+    """Stage 2 chunks, most expensive first (a shorter tail on the workers). The data enters
+    each key as the fingerprint of the horizon rows every path simulates, once."""
+    from tournament.simulators.orders import horizon_rows
     digests = {k: cube.schedule_digest(k) for k in strategies}
+    rows, end = horizon_rows(cube, dataset.dates)
+    returns_fp = horizon_fingerprint(dataset.returns, dataset.dates, dataset.assets,
+                                     int(rows[0]), end)
     out = []
     for rebalance, simulator in pairs:
         for name, chunk in stage2_chunks(strategies, simulator):
             parts = stage2_key_parts([digests[k] for k in chunk], rebalance=rebalance,
-                                     simulator=simulator, data_fingerprint=dataset.fingerprint,
+                                     simulator=simulator, returns_fingerprint=returns_fp,
                                      config=config)
+            units = [cache_key(simulation_key_parts(parts, digests[k])) for k in chunk]
             cost = STAGE2_COST.get(simulator, 1.0) * len(chunk) * (3 if rebalance == "daily" else 1)
             out.append(SimulationChunk(f"{rebalance}/{simulator}/{name}", chunk, cache_key(parts),
-                                       parts, rebalance=rebalance, simulator=simulator, cost=cost))
+                                       parts, units, rebalance=rebalance, simulator=simulator,
+                                       cost=cost))
     out.sort(key=lambda c: -c.cost)
     return out
 
@@ -149,12 +187,13 @@ def local_storage_path(location: str | os.PathLike) -> Path | None:
 
 
 def uncached_count(chunks: list[Chunk], location: str | os.PathLike | None) -> int | None:
-    """How many chunks have no stored result (a file check, no Prefect): None when the
-    storage is remote and cannot be checked this cheaply."""
+    """How many chunks would compute something (neither stored whole nor every unit
+    stored; a file check, no Prefect): None when the storage is remote and cannot be
+    checked this cheaply."""
     path = local_storage_path(location or DEFAULT_RESULT_STORAGE)
     if path is None:
         return None
-    return sum(not (path / stored_key(c.key)).exists() for c in chunks)
+    return len(chunks) - len(replayable(chunks, lambda k: (path / stored_key(k)).exists()))
 
 
 # ----------------------------------------------------------------------------- --plan
@@ -190,6 +229,21 @@ def stored_keys(keys: list[str], location: str | None) -> set[str] | None:
         return {k for k in keys if fs.exists(f"{root.rstrip('/')}/{stored_key(k)}")}
     except Exception:      # noqa: BLE001 - unknown, not an error: the plan says so
         return None
+
+
+def stored_units(chunks: list[Chunk], location: str | None
+                 ) -> tuple[set[str], set[str]] | None:
+    """(chunk keys stored, unit keys stored) of `chunks`; None when storage cannot be
+    checked. A chunk stored whole has every unit stored (its task wrote each one); the
+    others' units are looked up one by one."""
+    whole = stored_keys([c.key for c in chunks], location)
+    if whole is None:
+        return None
+    rest = stored_keys([k for c in chunks if c.key not in whole for k in c.stored_units()],
+                       location)
+    if rest is None:
+        return None
+    return whole, rest | {k for c in chunks if c.key in whole for k in c.stored_units()}
 
 
 def load_stored(key: str, location: str | None):
@@ -251,63 +305,70 @@ def plan_run(config, dataset, *, result_storage: str | None, refresh: bool, cpus
     horizon = horizon_days(dataset.n_days - first_row(dataset.dates, w.start), w.train, w.test,
                            w.step)
     location = result_storage or os.environ.get(RESULT_STORAGE_BLOCK_ENV) or DEFAULT_RESULT_STORAGE
-    chunks1 = stage1_plan(config, dataset, windows)
-    stored1 = set() if refresh else stored_keys([c.key for c in chunks1], location)
-    checked = stored1 is not None
-    stored1 = stored1 or set()
+    chunks1, _ = stage1_plan(config, dataset, windows)
+    found1 = (set(), set()) if refresh else stored_units(chunks1, location)
+    checked = found1 is not None
+    whole1, units1 = found1 or (set(), set())
 
     def size(cell):
         return problem_size(cell.selection, dataset.n_assets, config.top_k)
 
-    s1 = [Stage1Chunk([(c.engine, c.profile, size(c)) for c in ch.members
-                       if _supported(c.engine, c.profile)], cached=ch.key in stored1)
-          for ch in chunks1]
-    n_cells = sum(len(ch.members) for ch in chunks1)
-    n_supported = sum(len(ch.cells) for ch in s1)
-    n_cells_cached = sum(len(ch.members) for ch in chunks1 if ch.key in stored1)
+    def missing(chunk, units):
+        return [m for m, k in zip(chunk.members, chunk.unit_keys)
+                if k is not None and k not in units]
 
-    # Strategies of each selection; Stage 2 chunks group strategies by selection, so a
-    # selection whose Stage 1 chunks are all stored has known Stage 2 keys.
+    # A chunk computes only its missing cells (tasks.stage1: the others are read).
+    s1 = [Stage1Chunk([(c.engine, c.profile, size(c)) for c in missing(ch, units1)],
+                      cached=not missing(ch, units1)) for ch in chunks1]
+    n_cells = sum(len(ch.members) for ch in chunks1)
+    n_supported = sum(len(ch.stored_units()) for ch in chunks1)
+    n_cells_cached = n_supported - sum(len(missing(ch, units1)) for ch in chunks1)
+
+    # Strategies of each selection; a selection whose cells are all stored has known
+    # Stage 2 keys (they follow from its weights).
     strategies: dict[str, list] = {}
+    stored_cells: dict[str, list] = {}
+    pending: set[str] = set()
     for ch in chunks1:
-        for c in ch.members:
-            if _supported(c.engine, c.profile) and c.strategy not in strategies.setdefault(
-                    c.selection, []):
+        for c, k in zip(ch.members, ch.unit_keys):
+            if k is None:
+                continue
+            if c.strategy not in strategies.setdefault(c.selection, []):
                 strategies[c.selection].append(c.strategy)
-    by_selection: dict[str, list] = {}
-    for ch in chunks1:
-        for sel in {c.selection for c in ch.members}:
-            by_selection.setdefault(sel, []).append(ch)
-    known_sel = {sel for sel, chs in by_selection.items()
-                 if not refresh and all(ch.key in stored1 for ch in chs)}
+            if k in units1:
+                stored_cells.setdefault(c.selection, []).append((c, k))
+            else:
+                pending.add(c.selection)
+    known_sel = set() if refresh else set(strategies) - pending
     pairs = simulation_pairs(config)
     known_chunks: list = []
     ok_known: list = []
-    if known_sel:
-        results, readable = [], True
-        for ch in chunks1:
-            if {c.selection for c in ch.members} & known_sel:
-                out = load_stored(ch.key, location)
-                if out is None:
-                    readable = False
-                    break
-                results.extend(r for r in out["results"] if r.cell.selection in known_sel)
-        if readable and results:
-            starts = [dataset.dates[wd.rebalance] for wd in windows]
-            ends = [dataset.dates[wd.test_end] for wd in windows]
-            cube = WeightsCube.from_results(apply_infeasible_policy(results, config.on_infeasible),
-                                            assets=dataset.assets, window_starts=starts,
-                                            window_ends=ends)
-            ok_known = ok_strategies(cube)
-            known_chunks = stage2_plan(config, dataset, cube, ok_known, pairs)
-        else:
-            known_sel = set()
+    results = []
+    for sel in sorted(known_sel):
+        for cell, key in stored_cells.get(sel, []):
+            stored_cell = load_stored(key, location)
+            if stored_cell is None:
+                known_sel = set()
+                break
+            results.append(stored_cell.placed(cell, dataset.assets))
+    if known_sel and results:
+        starts = [dataset.dates[wd.rebalance] for wd in windows]
+        ends = [dataset.dates[wd.test_end] for wd in windows]
+        cube = WeightsCube.from_results(apply_infeasible_policy(results, config.on_infeasible),
+                                        assets=dataset.assets, window_starts=starts,
+                                        window_ends=ends)
+        ok_known = ok_strategies(cube)
+        known_chunks = stage2_plan(config, dataset, cube, ok_known, pairs)
     else:
         known_sel = set()
-    keys2 = [c.key for c in known_chunks]
-    stored2 = (set() if refresh else stored_keys(keys2, location)) if keys2 else set()
-    stored2 = stored2 or set()
-    rows2 = [(c.rebalance, c.simulator, len(c.members), c.key in stored2) for c in known_chunks]
+    found2 = (set(), set()) if refresh or not known_chunks else stored_units(known_chunks,
+                                                                               location)
+    _, units2 = found2 or (set(), set())
+    rows2, n_sims_cached = [], 0
+    for c in known_chunks:
+        n_missing = sum(k not in units2 for k in c.unit_keys)
+        n_sims_cached += len(c.members) - n_missing
+        rows2.append((c.rebalance, c.simulator, n_missing or len(c.members), not n_missing))
     unknown = [k for sel, ks in sorted(strategies.items()) if sel not in known_sel for k in ks]
     for rebalance, simulator in pairs:
         for _, members in stage2_chunks(unknown, simulator):
@@ -327,9 +388,15 @@ def plan_run(config, dataset, *, result_storage: str | None, refresh: bool, cpus
                    stage1_tasks_cached=sum(ch.cached for ch in s1), n_cells=n_cells,
                    n_cells_supported=n_supported, n_cells_cached=n_cells_cached,
                    stage2_tasks=len(s2), stage2_tasks_cached=sum(ch.cached for ch in s2),
-                   n_simulations=sum(ch.n_strategies for ch in s2),
-                   n_simulations_cached=sum(ch.n_strategies for ch in s2 if ch.cached),
-                   stage2_keys_known=bool(keys2) and not unknown, workload=workload)
+                   n_simulations=n_strategies * len(pairs),
+                   n_simulations_cached=n_sims_cached,
+                   stage2_keys_known=bool(known_chunks) and not unknown, workload=workload)
+
+
+def _tasks_cached(stage: dict) -> int:
+    """A manifest's cached task count. Manifests written before the counts were per cell
+    (no `computed`) kept it in `cached`."""
+    return int(stage.get("tasks_cached", 0) if "computed" in stage else stage.get("cached", 0))
 
 
 def past_workload(run, *, cpus: int):
@@ -345,7 +412,7 @@ def past_workload(run, *, cpus: int):
     n_days, n_assets = int(m["data"]["days"]), int(m["data"]["assets"])
     windows = make_windows(n_days, config.windows)
     cache = m.get("cache", {})
-    s1_cached = int(cache.get("stage1", {}).get("cached", 0))
+    s1_cached = _tasks_cached(cache.get("stage1", {}))
     s1 = []
     for i, (_, cells) in enumerate(stage1_chunks(plan_cells(config, windows), n_assets=n_assets)):
         s1.append(Stage1Chunk([(c.engine, c.profile,
@@ -359,7 +426,7 @@ def past_workload(run, *, cpus: int):
     rows = [(reb, sim, len(members), False) for reb in config.rebalances
             for sim in config.simulators for _, members in stage2_chunks(keys, sim)]
     rows = _stage2_order(rows)
-    s2_cached = int(cache.get("stage2", {}).get("cached", 0))
+    s2_cached = _tasks_cached(cache.get("stage2", {}))
     s2 = [Stage2Chunk(sim, reb, n, cached=i < s2_cached) for i, (reb, sim, n, _) in enumerate(rows)]
     w = config.windows
     return Workload(n_days=n_days, n_assets=n_assets, train=w.train,
@@ -444,10 +511,11 @@ def render_plan(plan: RunPlan, est, *, services_line: str, basis_line: str) -> l
     lines.append(f"Stage 1   {plan.n_cells} cells ({plan.n_cells_supported} to solve, "
                  f"{unsupported} unsupported) in {plan.stage1_tasks} tasks; cached: "
                  f"{plan.n_cells_cached} cells ({plan.stage1_tasks_cached}/{plan.stage1_tasks} "
-                 "tasks)")
+                 f"tasks); to compute: {plan.n_cells_supported - plan.n_cells_cached} cells")
     stage2 = (f"Stage 2   {plan.n_simulations} simulations ({wl.n_strategies} strategies x "
               f"{pairs} rebalance/simulator pairs) in {plan.stage2_tasks} tasks; cached: "
-              f"{plan.n_simulations_cached} ({plan.stage2_tasks_cached}/{plan.stage2_tasks} tasks)")
+              f"{plan.n_simulations_cached} ({plan.stage2_tasks_cached}/{plan.stage2_tasks} tasks); "
+              f"to compute: {plan.n_simulations - plan.n_simulations_cached}")
     if not plan.stage2_keys_known and not plan.refresh:
         stage2 += ("; Stage 2 keys follow from Stage 1's weights, so strategies whose "
                    "Stage 1 is not stored count as to compute (all assumed ok)")
