@@ -165,7 +165,7 @@ def cmd_run(args, clock: "RunClock") -> int:
             from tournament.errors import ConfigError
             raise ConfigError("config error: --plan estimates the two-stage run, not "
                               "--mode legacy")
-        from flows.plan import plan_command
+        from flows.plan_report import plan_command
         plan_command(config, dataset, result_storage=args.result_storage, refresh=args.refresh,
                      num_cpus=args.num_cpus, explicit_api_url=_configured_api_url(),
                      ray_address=args.ray_address, out=args.out, plan_history=args.plan_history,

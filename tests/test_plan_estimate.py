@@ -83,7 +83,7 @@ def test_bad_input_gets_the_same_error_as_run(tmp_path, capsys):
 
 
 def _estimate_for(data: str, **overrides):
-    from flows.plan import plan_run
+    from flows.plan_report import plan_run
     from tournament.config import load_config
     from tournament.data import load_dataset
     from tournament.estimate import estimate, load_cost_model
@@ -285,7 +285,7 @@ def test_shipped_model_reproduces_the_recorded_accuracy_benchmark():
     rerun the benchmark."""
     import re
 
-    from flows.plan import plan_run
+    from flows.plan_report import plan_run
     from tournament.config import load_config
     from tournament.data import load_dataset
     from tournament.estimate import estimate, load_cost_model
@@ -325,7 +325,7 @@ def test_shipped_model_reproduces_the_recorded_accuracy_benchmark():
 def test_load_now_against_the_fits_load(monkeypatch):
     """The plan says the machine's load; when it is far from the load the shipped model was
     fitted under (per-process share of a core differs > 2x), it says which way to expect."""
-    from flows.plan import load_lines
+    from flows.plan_report import load_lines
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))
     line, note = load_lines(10.8, shipped=True)
