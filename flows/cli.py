@@ -1,11 +1,5 @@
-"""`tournament` command line.
-
-Exit codes: 0 = the tournament completed and wrote all outputs, even if some strategies
-failed (the last lines list failed strategies and fallback windows, then the run directory);
-1 = the run itself failed; 2 = bad input (config/data), nothing computed or overwritten;
-3 = with --strict only: completed, but some strategy failed. Fallback windows (resolved by
---on-infeasible hold|cash) are not failures.
-"""
+"""`tournament` command line: what each command does (its arguments: flows/cli_parser.py;
+`tournament --help` lists the exit codes)."""
 from __future__ import annotations
 
 import os

@@ -7,13 +7,23 @@ import argparse
 from tournament.config_fields import DATA_KINDS, DEFAULT_SP500_DAYS, FIELDS, NOT_IN_OVERRIDES
 from tournament.registry import REBALANCE_MODES, SIMULATORS
 
+# What `tournament --help` opens with: the exit codes (flows/cli.py returns them).
+HELP = """`tournament` command line.
+
+Exit codes: 0 = the tournament completed and wrote all outputs, even if some strategies
+failed (the last lines list failed strategies and fallback windows, then the run directory);
+1 = the run itself failed; 2 = bad input (config/data), nothing computed or overwritten;
+3 = with --strict only: completed, but some strategy failed. Fallback windows (resolved by
+--on-infeasible hold|cash) are not failures.
+"""
+
 
 def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()] if text else []
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tournament", description=__doc__,
+    p = argparse.ArgumentParser(prog="tournament", description=HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a tournament (Stage 1 cube + Stage 2 simulations)",
