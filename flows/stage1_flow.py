@@ -18,10 +18,24 @@ from tournament.schema import CUBE_PICKLE
 from .locking import run_dir_lock
 from .plan import stage1_plan
 from .ray_runner import LazyRayTaskRunner
-from .stage_run import (StageRun, build_stage_run, current, ensure_current_ray, is_cached,
-                        resolve_config, run_chunks, stage_counts, stored_chunks)
+from .stage_run import (current, ensure_current_ray, is_cached, run_chunks, stage_counts,
+                        stage_docstring, stage_run_for, StageRun,
+                        stored_chunks)
 
 
+@stage_docstring(
+    'Stage 1: solve every (window, selection, engine, profile) cell into the weights cube.',
+    returns=(
+        'Returns {"cells", "cache", "cube_file", "cube" (the WeightsCube), "key_parts",\n'
+        '"progress" (every stage\'s counts), "parallel" (overlapped timings), "warmups"}.'
+    ),
+    run_dir=('run directory; without `cube_dir` the stage writes the cube there '
+             "(weights_cube.pkl, weights_cube.parquet, cells.parquet) under the directory's "
+             'lock.'),
+    cube_dir=("write only the cube's pickle (weights_cube.pkl), into this directory under the "
+              "run directory (the parent flow's hand-over to Stage 2; the run directory's "
+              "outputs are the parent's to write, at the end)."),
+)
 def _stage1(config: dict[str, Any] | None = None, data: str = "sp500",
             data_kind: str = "prices", days: int | None = None,
             run_dir: str | None = None, result_storage: str | None = None,
@@ -30,39 +44,8 @@ def _stage1(config: dict[str, Any] | None = None, data: str = "sp500",
             num_cpus: int | None = None, shared_storage: bool = False,
             cube_dir: str | None = None, progress: dict[str, Any] | None = None,
             label: str = "") -> dict:
-    """Stage 1: solve every (window, selection, engine, profile) cell into the weights cube.
-
-    Args:
-        config: the config as `TournamentConfig.to_dict()` gives it (a manifest's `config`);
-            when None, `config_path` and `overrides` are loaded instead.
-        data: sp500 | synthetic[:DAYSxASSETS] | PATH (.csv/.parquet).
-        data_kind: what a data file holds: prices or returns.
-        days: the last N trading days; None = the source's default, 0 = whole history.
-        run_dir: run directory; without `cube_dir` the stage writes the cube there
-            (weights_cube.pkl, weights_cube.parquet, cells.parquet) under the directory's lock.
-        result_storage: Prefect result storage (path, fsspec URL or storage block slug).
-        refresh: ignore stored results and recompute.
-        config_path: TOML config file (when `config` is None).
-        overrides: flat config overrides (when `config` is None), e.g. {"engines": ["custom"]}.
-        ray_address: existing Ray cluster.
-        num_cpus: local Ray CPUs.
-        shared_storage: a local result storage path is shared by every cluster node.
-        cube_dir: write only the cube's pickle (weights_cube.pkl), into this directory under
-            the run directory (the parent flow's hand-over to Stage 2; the run directory's
-            outputs are the parent's to write, at the end).
-        progress: the run's progress (flows.stage_run.progress_state), continued in the run
-            directory's tournament_state.json; None = a progress bar only.
-        label: shown in the flow run's name.
-
-    Returns {"cells", "cache", "cube_file", "cube" (the WeightsCube), "key_parts",
-    "progress" (every stage's counts), "parallel" (overlapped timings), "warmups"}.
-    """
+    stage = stage_run_for(locals())
     from tasks.stage1 import solve_chunk
-    cfg = resolve_config(config, config_path, overrides)
-    stage = build_stage_run(config=cfg, data=data, data_kind=data_kind, days=days,
-                            run_dir=run_dir, result_storage=result_storage, refresh=refresh,
-                            ray_address=ray_address, num_cpus=num_cpus,
-                            shared_storage=shared_storage, progress=progress)
     with current(stage):
         cache = _solve_cells(stage, solve_chunk)
     written = None
@@ -78,6 +61,7 @@ def _stage1(config: dict[str, Any] | None = None, data: str = "sp500",
             "cube_file": str(written) if written else None, "cube": stage.cube,
             "key_parts": stage.key_parts, "progress": stage_counts(stage.progress),
             "parallel": stage.parallel, "warmups": stage.warmups}
+
 
 
 # The flow function has a name of its own (not the flow's), so cloudpickle ships it by

@@ -19,10 +19,29 @@ from tournament.stage2 import (benchmark_simulations, merge_results, ok_strategi
 from .plan import stage2_plan
 from .ray_runner import LazyRayTaskRunner
 from .rerun import load_cube
-from .stage_run import (StageRun, build_stage_run, current, ensure_current_ray, is_cached,
-                        resolve_config, run_chunks, stage_counts, stored_chunks)
+from .stage_run import (current, ensure_current_ray, is_cached, run_chunks, stage_counts,
+                        stage_docstring, stage_run_for, StageRun,
+                        stored_chunks)
 
 
+@stage_docstring(
+    "Stage 2: simulate the cube's ok strategies for each (rebalance, simulator) pair.",
+    returns=(
+        'Returns {"pairs", "cache", "simulations" (SimulationResults, benchmark included),\n'
+        '"race" (the manifest record, or None), "race_decisions", "key_parts", "progress",\n'
+        '"parallel", "warmups"}.'
+    ),
+    run_dir=('run directory holding the cube (weights_cube.pkl) when `cube_dir` is None.'),
+    pairs=('[rebalance, simulator] pairs to simulate; None = every pair of the config.'),
+    benchmarks=("rebalance modes to add the benchmark's buy-and-hold for; None = the config's "
+                'rebalance modes.'),
+    race=('multi-fidelity racing (tournament.race.RaceSettings as a dict: top_k, cap, '
+          'min_tau, on_disagreement); None = every strategy at every tier. Not with '
+          '`pairs`.'),
+    overrides=('flat config overrides (when `config` is None).'),
+    cube_dir=("directory of the cube's weights_cube.pkl (Stage 1's hand-over in the parent "
+              'flow); None = run_dir.'),
+)
 def _stage2(config: dict[str, Any] | None = None, data: str = "sp500",
             data_kind: str = "prices", days: int | None = None,
             run_dir: str | None = None, result_storage: str | None = None,
@@ -33,43 +52,9 @@ def _stage2(config: dict[str, Any] | None = None, data: str = "sp500",
             num_cpus: int | None = None, shared_storage: bool = False,
             cube_dir: str | None = None, progress: dict[str, Any] | None = None,
             label: str = "") -> dict:
-    """Stage 2: simulate the cube's ok strategies for each (rebalance, simulator) pair.
-
-    Args:
-        config: the config as `TournamentConfig.to_dict()` gives it (a manifest's `config`);
-            when None, `config_path` and `overrides` are loaded instead.
-        data: sp500 | synthetic[:DAYSxASSETS] | PATH (.csv/.parquet).
-        data_kind: what a data file holds: prices or returns.
-        days: the last N trading days; None = the source's default, 0 = whole history.
-        run_dir: run directory holding the cube (weights_cube.pkl) when `cube_dir` is None.
-        result_storage: Prefect result storage (path, fsspec URL or storage block slug).
-        pairs: [rebalance, simulator] pairs to simulate; None = every pair of the config.
-        benchmarks: rebalance modes to add the benchmark's buy-and-hold for; None = the
-            config's rebalance modes.
-        race: multi-fidelity racing (tournament.race.RaceSettings as a dict: top_k, cap,
-            min_tau, on_disagreement); None = every strategy at every tier. Not with `pairs`.
-        refresh: ignore stored results and recompute.
-        config_path: TOML config file (when `config` is None).
-        overrides: flat config overrides (when `config` is None).
-        ray_address: existing Ray cluster.
-        num_cpus: local Ray CPUs.
-        shared_storage: a local result storage path is shared by every cluster node.
-        cube_dir: directory of the cube's weights_cube.pkl (Stage 1's hand-over in the
-            parent flow); None = run_dir.
-        progress: the run's progress (flows.stage_run.progress_state), continued in the run
-            directory's tournament_state.json; None = a progress bar only.
-        label: shown in the flow run's name.
-
-    Returns {"pairs", "cache", "simulations" (SimulationResults, benchmark included),
-    "race" (the manifest record, or None), "race_decisions", "key_parts", "progress",
-    "parallel", "warmups"}.
-    """
+    stage = stage_run_for(locals())
     from tasks.stage2 import simulate_chunk
-    cfg = resolve_config(config, config_path, overrides)
-    stage = build_stage_run(config=cfg, data=data, data_kind=data_kind, days=days,
-                            run_dir=run_dir, result_storage=result_storage, refresh=refresh,
-                            ray_address=ray_address, num_cpus=num_cpus,
-                            shared_storage=shared_storage, progress=progress)
+    cfg = stage.config
     stage.cube = load_cube(cube_dir or run_dir, stage.dataset)
     benchmarks = cfg.rebalances if benchmarks is None else tuple(benchmarks)
     cache: dict[str, int] = {}
@@ -93,6 +78,7 @@ def _stage2(config: dict[str, Any] | None = None, data: str = "sp500",
             "race": record, "race_decisions": decisions, "key_parts": stage.key_parts,
             "progress": stage_counts(stage.progress), "parallel": stage.parallel,
             "warmups": stage.warmups}
+
 
 
 # Named apart from the flow and never persisted, as stage1_flow (see there).

@@ -104,6 +104,44 @@ class StageRun:
 _CURRENT: ContextVar[StageRun | None] = ContextVar("tournament_stage", default=None)
 
 
+# The stage flows' arguments, described once: each flow's docstring is built from these
+# (Prefect shows them in the UI form), with the arguments that are the flow's own.
+STAGE_ARGS = {
+    "config": "the config as `TournamentConfig.to_dict()` gives it (a manifest's `config`); "
+              "when None, `config_path` and `overrides` are loaded instead.",
+    "data": "sp500 | synthetic[:DAYSxASSETS] | PATH (.csv/.parquet).",
+    "data_kind": "what a data file holds: prices or returns.",
+    "days": "the last N trading days; None = the source's default, 0 = whole history.",
+    "result_storage": "Prefect result storage (path, fsspec URL or storage block slug).",
+    "refresh": "ignore stored results and recompute.",
+    "config_path": "TOML config file (when `config` is None).",
+    "overrides": "flat config overrides (when `config` is None), e.g. {\"engines\": [\"custom\"]}.",
+    "ray_address": "existing Ray cluster.",
+    "num_cpus": "local Ray CPUs.",
+    "shared_storage": "a local result storage path is shared by every cluster node.",
+    "progress": "the run's progress (flows.stage_run.progress_state), continued in the run "
+                "directory's tournament_state.json; None = a progress bar only.",
+    "label": "shown in the flow run's name.",
+}
+
+
+def stage_docstring(summary: str, *, returns: str, **own: str):
+    """Decorator: the stage function's docstring (Google style, as Prefect parses it for the
+    UI form): `summary`, an Args entry per parameter (its `own` text, else STAGE_ARGS'), then
+    `returns`."""
+    import inspect
+    import textwrap
+
+    def apply(fn):
+        lines = [summary, "", "Args:"]
+        for name in inspect.signature(fn).parameters:
+            lines += textwrap.wrap(f"{name}: {own.get(name) or STAGE_ARGS[name]}", width=88,
+                                   initial_indent="    ", subsequent_indent="        ")
+        fn.__doc__ = "\n".join([*lines, "", returns])
+        return fn
+    return apply
+
+
 def ensure_current_ray() -> None:
     stage = _CURRENT.get()
     if stage is not None:
@@ -175,6 +213,19 @@ def build_stage_run(*, config: TournamentConfig, data: str, data_kind: str, days
         reporter = _QuietProgress(Path("."), uuid.uuid4().hex[:12], {})
     return StageRun(prepared, make_result_storage(location), refresh, reporter,
                     ray_address=ray_address, num_cpus=num_cpus, shared_storage=shared_storage)
+
+
+def stage_run_for(parameters: dict[str, Any]) -> StageRun:
+    """build_stage_run from a stage flow's own parameters (its `locals()` on entry: the
+    stage flows share these names), the config resolved from `config` or `config_path` +
+    `overrides`."""
+    p = parameters
+    config = resolve_config(p["config"], p["config_path"], p["overrides"])
+    return build_stage_run(config=config, data=p["data"], data_kind=p["data_kind"],
+                           days=p["days"], run_dir=p["run_dir"],
+                           result_storage=p["result_storage"], refresh=p["refresh"],
+                           ray_address=p["ray_address"], num_cpus=p["num_cpus"],
+                           shared_storage=p["shared_storage"], progress=p["progress"])
 
 
 # ----------------------------------------------------------------------------- chunks
