@@ -110,6 +110,11 @@ def busy_processes(threshold: float = 20.0) -> list[str]:
 
 
 def main() -> int:
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" /
+                                             "plan_accuracy.json"))
+    out_path = Path(parser.parse_args().out)
     work = Path(tempfile.mkdtemp(prefix="tournament-plan-acc-"))
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_URL")}
     env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(REPO),
@@ -147,7 +152,7 @@ def main() -> int:
             print_row(name, row)
         report["state_after"] = load_state()
         print_table(report)
-        path = REPO / "benchmarks" / "results" / "plan_accuracy.json"
+        path = out_path
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=1, default=str))
         print(f"\nwrote {path}")
