@@ -114,7 +114,7 @@ def test_nightly_deployment_grows_dates_notifies_and_limits_concurrency(prefect_
     _run([*grow, "--init", "300"], env)
     out = _run([sys.executable, "deployments/nightly.py", "data-source",
                 "--path", prices.as_uri()], env)          # an fsspec URL (file://)
-    assert "saved tournament-data-source/nightly-prices" in out and "300 days" in out, out
+    assert "saved tournament-data-source/nightly-prices" in out and "299 days" in out, out   # returns
     # 2. The automation, by the documented command, to the local webhook.
     out = _run([sys.executable, "deployments/nightly.py", "automation", "--webhook", webhook.url],
                env)
@@ -164,7 +164,7 @@ def test_nightly_deployment_grows_dates_notifies_and_limits_concurrency(prefect_
                 < timedelta(seconds=30), (newest.name, run.start_time)
             assert (root / LATEST).resolve() == newest.resolve()
             manifest = json.loads((root / LATEST / "manifest.json").read_text())
-            assert manifest["data"]["days"] == n_days                 # the whole grown file
+            assert manifest["data"]["days"] == n_days - 1        # returns of the whole file
             assert manifest["config"]["windows"]["start"] == "2018-03-26"   # anchored
             manifests.append(manifest)
         assert len(dated_run_dirs(root)) == 2
