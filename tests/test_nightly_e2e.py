@@ -139,7 +139,7 @@ def test_nightly_deployment_grows_dates_notifies_and_limits_concurrency(prefect_
     with _client(url) as client:
         nightly = client.read_deployment_by_name("tournament/nightly")
         adhoc = client.read_deployment_by_name("tournament/adhoc")
-        assert nightly.concurrency_limit == 1 and adhoc.concurrency_limit == 1
+        assert nightly.global_concurrency_limit.limit == adhoc.global_concurrency_limit.limit == 1
         assert nightly.concurrency_options.collision_strategy.value == "CANCEL_NEW"
         assert adhoc.concurrency_options.collision_strategy.value == "ENQUEUE"
         assert nightly.parameters["dated_run_dirs"] is True
