@@ -86,6 +86,13 @@ def _wait(client, run_id, done, what: str, timeout: float = 400, diagnostics=lam
     raise AssertionError(f"flow run {run_id} never {what}; last {run.state!r}{diagnostics()}")
 
 
+def _events(url: str) -> list[str]:
+    """The server's events, newest first (diagnostics for the automation)."""
+    import httpx
+    events = httpx.post(f"{url}/events/filter", json={"limit": 200}).json().get("events", [])
+    return [f"{e['event']} {e['resource'].get('prefect.resource.id')}" for e in events]
+
+
 def _final(state):
     return state.is_final()
 
@@ -200,7 +207,7 @@ def test_nightly_deployment_grows_dates_notifies_and_limits_concurrency(prefect_
         while time.monotonic() < deadline and not webhook.received:
             time.sleep(0.5)
         time.sleep(5)                                 # a duplicate would arrive by now
-        assert len(webhook.received) == 1, webhook.received
+        assert len(webhook.received) == 1, (webhook.received, _events(url))
         assert str(third.id) in webhook.received[0]["body"]
         assert "CompletedWithFailures" in webhook.received[0]["subject"]
 
