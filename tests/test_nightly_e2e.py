@@ -189,9 +189,12 @@ def test_nightly_deployment_grows_dates_notifies_and_limits_concurrency(prefect_
         assert third.state.is_completed() and third.state.name == "CompletedWithFailures", (
             f"{third.state!r}" + diagnostics())
         assert third.state.message.startswith("1 failed strategies")
-        warnings = client.read_logs(log_filter=LogFilter(
-            flow_run_id=LogFilterFlowRunId(any_=[third.id]), level=LogFilterLevel(ge_=30)))
-        failed = [w.message for w in warnings if w.message.startswith("failed ")]
+        failed, deadline = [], time.monotonic() + 60
+        while not failed and time.monotonic() < deadline:   # logs are shipped in batches
+            warnings = client.read_logs(log_filter=LogFilter(
+                flow_run_id=LogFilterFlowRunId(any_=[third.id]), level=LogFilterLevel(ge_=30)))
+            failed = [w.message for w in warnings if w.message.startswith("failed ")]
+            time.sleep(0 if failed else 1)
         assert len(failed) == 1 and failed[0].startswith(FAILED_LINE), failed
         assert "injected solver failure" in failed[0]
         summary = next(a for a in client.read_artifacts(artifact_filter=ArtifactFilter(
