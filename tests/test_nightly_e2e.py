@@ -10,9 +10,13 @@ a prices file that grows between nights, the failure automation and a local webh
       ->  night 3 with an injected solver failure (TOURNAMENT_FAULTS) and keep_run_dirs=2:
           CompletedWithFailures, one warning per failed strategy, the failures in the
           summary artifact, the oldest directory removed; a nightly run created while it
-          runs is Cancelled (CANCEL_NEW); the webhook gets exactly one notification
+          runs is Cancelled (CANCEL_NEW); the webhook gets exactly one notification (none
+          for the completed nights or the cancelled run)
+      ->  a duplicated row appended: the run fails on validation, nothing written, `latest`
+          unchanged, a second notification (Failed)
       ->  adhoc: a second run created while one runs waits (AwaitingConcurrencySlot), then
-          completes (ENQUEUE).
+          completes (ENQUEUE)
+      ->  night 2 computed fewer cells than night 1 (needs point-in-time cache keys).
 
 The clone holds COMMITTED code only: commit before running this test.
 """
@@ -214,8 +218,27 @@ def test_nightly_deployment_grows_dates_notifies_and_limits_concurrency(prefect_
         assert str(third.id) in webhook.received[0]["body"]
         assert "CompletedWithFailures" in webhook.received[0]["subject"]
 
-        # 7. Adhoc: a second run while one runs waits for the slot, then completes.
-        adhoc_params = {"overrides": GRID, "data": str(prices), "result_storage":
+        # 7. A bad night: the feed appends a row it already had. The run fails on validation
+        #    before anything is computed or written: no new directory, `latest` unchanged,
+        #    and the automation notifies (Failed).
+        import pandas as pd
+        frame = pd.read_parquet(prices)
+        pd.concat([frame, frame.tail(1)]).to_parquet(prices, index=False)
+        before = (dated_run_dirs(root), (root / LATEST).resolve())
+        bad = _wait(client, night().id, _final, "finished", diagnostics=diagnostics)
+        assert bad.state.is_failed() and "duplicate date" in bad.state.message, bad.state
+        assert (dated_run_dirs(root), (root / LATEST).resolve()) == before
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(webhook.received) < 2:
+            time.sleep(0.5)
+        assert len(webhook.received) == 2, (webhook.received, _events(url))
+        assert str(bad.id) in webhook.received[1]["body"]
+        assert "Failed" in webhook.received[1]["subject"]
+
+        # 8. Adhoc: a second run while one runs waits for the slot, then completes.
+        grow_clean = tmp_path / "adhoc-prices.parquet"
+        frame.to_parquet(grow_clean, index=False)
+        adhoc_params = {"overrides": GRID, "data": str(grow_clean), "result_storage":
                         str(tmp_path / "cache"), "num_cpus": 2, "fidelity": "low"}
         first = client.create_flow_run_from_deployment(
             adhoc.id, parameters={**adhoc_params, "out": str(tmp_path / "adhoc-1")})
@@ -228,9 +251,11 @@ def test_nightly_deployment_grows_dates_notifies_and_limits_concurrency(prefect_
         waited = [s.name for s in client.read_flow_run_states(second.id)]
         assert "AwaitingConcurrencySlot" in waited, waited
 
-    # 8. Growing the file recomputed less than the first night (point-in-time cache keys:
-    #    only the cells whose windows the new days touch). Last: it needs the keys of
-    #    issue 15's cache-key work, not this deployment's.
+    # 9. Growing the file recomputed less than the first night (point-in-time cache keys:
+    #    only the cells whose windows the new days touch). Last, because it needs the keys
+    #    of issue 15's cache-key work (branch i15-keys), not this deployment's: with keys
+    #    on the whole data's fingerprint every cell is computed again.
     first_cache, second_cache = (m["cache"] for m in manifests)
     computed = [c["stage1"]["cells_computed"] for c in (first_cache, second_cache)]
-    assert computed[1] < computed[0], (first_cache, second_cache)
+    assert computed[1] < computed[0], ("night 2 computed as many cells as night 1: are the "
+                                       "cache keys point-in-time?", first_cache, second_cache)
