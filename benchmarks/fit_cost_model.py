@@ -299,7 +299,7 @@ def fit_overheads(model: dict, runs: dict) -> dict:
     """Least squares (relative errors) of the overhead parameters on the CLI runs."""
     import pandas as pd
 
-    from flows.plan import past_workload
+    from flows.plan_report import past_workload
     from tournament.calibration import calibrate, phase_times
     from tournament.estimate import Calibration, raw_phases
     fit_names = [n for n in FIT_GRIDS]
@@ -390,7 +390,7 @@ def fit_overheads(model: dict, runs: dict) -> dict:
 
 def fit_memory(model: dict, runs: dict) -> None:
     """Driver, per-worker and server memory from the sampled process trees (rough: ±50%)."""
-    from flows.plan import past_workload
+    from flows.plan_report import past_workload
     import pandas as pd
     m = model["memory"]
     cpus = os.cpu_count() or 1

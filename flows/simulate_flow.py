@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger
 
 from tournament.errors import ConfigError
-from tournament.schema import CUBE_PICKLE, FAILED
+from tournament.schema import CUBE_PICKLE, FAILED, UNSUPPORTED
 
 from .rerun import _PREPARED, merge_run_frames, prepare_simulation
 
@@ -105,8 +105,9 @@ def simulate(run_dir: str, simulators: list[str] | None = None,
         progress.stages["stage2"].total = n_ok * len(pairs)
         run = RunState(run_id, config, make_result_storage(location), refresh, progress,
                        cube=cube)
-        run.cache["stage1"] = {"tasks": 0, "cached": 0, "cells": 0, "cells_cached": 0,
-                               "cells_computed": 0, "cells_loaded": int(len(cube.cells))}
+        run.cache["stage1"] = {"tasks": 0, "tasks_cached": 0, "cells": 0, "computed": 0,
+                               "cached": 0, UNSUPPORTED: 0,
+                               "cells_loaded": int(len(cube.cells))}
         progress.start()
         try:
             runner = LazyRayTaskRunner(ensure_ray=ensure_current_ray, address=ray_address)

@@ -90,38 +90,44 @@ stage1_flow = flow(name="stage1-weights-cube", flow_run_name="stage1 {label}",
 
 
 def _solve_cells(stage: StageRun, solve_chunk) -> dict[str, int]:
-    """Solve every chunk into `stage.cube`; returns the cache counts."""
+    """Solve every chunk into `stage.cube`; returns the cache counts, in cells: `computed`
+    (solved now), `cached` (a stored result reused: a Cached chunk's, or a stored cell's
+    inside a chunk that ran) and `unsupported` (never solved), beside the task counts."""
     cfg, ds, windows = stage.config, stage.dataset, stage.windows
-    chunks = stage1_plan(cfg, ds, windows)
+    chunks, cell_parts = stage1_plan(cfg, ds, windows)
     stored = stored_chunks(stage, chunks)
     task = solve_chunk.with_options(result_storage=stage.storage, refresh_cache=stage.refresh)
-    for c in chunks:
-        stage.key_parts[c.key] = c.parts
+    stage.key_parts.update(cell_parts)      # cache_keys.json explains cells, not chunks
 
     def on_ray(chunk):
         stage.ensure_ray()
-        return stage.returns_ref, windows, chunk.members, cfg
+        return stage.returns_ref, windows, chunk.members, cfg, ds.assets
 
     progress = stage.progress
-    results, hits, cells_cached = [], 0, 0
+    results, hits, computed, cached = [], 0, 0, 0
     for chunk, fut in run_chunks(task, chunks, stored, ray_args=on_ray,
-                                 local_args=lambda c: (ds.returns, windows, c.members, cfg),
+                                 local_args=lambda c: (ds.returns, windows, c.members, cfg,
+                                                       ds.assets),
                                  on_submit=stage.mark_first_submit):
         out = fut.result()
-        cached = is_cached(fut)          # one API read per task
-        hits += cached
-        chunk_results = out["results"]
-        cells_cached += len(chunk_results) if cached else 0
+        chunk_cached = is_cached(fut)          # one API read per task
+        hits += chunk_cached
+        chunk_results = [stored_cell.placed(cell, ds.assets)
+                         for cell, stored_cell in zip(chunk.members, out["cells"])]
+        n_supported = sum(k is not None for k in chunk.unit_keys)
+        computed += 0 if chunk_cached else out["computed"]
+        cached += n_supported if chunk_cached else out["reused"]
         results.extend(chunk_results)
         progress.record("stage1",
                         done=sum(r.status == OK for r in chunk_results),
                         failed=sum(r.status == FAILED for r in chunk_results),
                         unsupported=sum(r.status == UNSUPPORTED for r in chunk_results),
-                        cached=len(chunk_results) if cached else 0)
+                        cached=len(chunk_results) if chunk_cached else out["reused"])
     stage.cube = assemble_cube(ds, windows, results, cfg)
     # Cells the on_infeasible policy resolved are fallbacks, not failures: count them done.
     n_fallback = int((stage.cube.cells["status"] == FALLBACK).sum())
     progress.stages["stage1"].failed -= n_fallback
     progress.stages["stage1"].done += n_fallback
-    return {"tasks": len(chunks), "cached": hits, "cells": len(results),
-            "cells_cached": cells_cached, "cells_computed": len(results) - cells_cached}
+    unsupported = sum(k is None for c in chunks for k in c.unit_keys)
+    return {"tasks": len(chunks), "tasks_cached": hits, "cells": len(results),
+            "computed": computed, "cached": cached, UNSUPPORTED: unsupported}

@@ -134,7 +134,9 @@ def _simulate_pairs(stage: StageRun, simulate_chunk, pairs: list[tuple[str, str]
     race's promoted subset). A subset's chunks have the cache keys of their own members
     (stage2_key_parts lists each member's schedule digest), so a subset never reads or
     overwrites a full chunk's stored result unless it holds exactly the same strategies.
-    Adds to `cache`; returns the simulations merged per pair."""
+    Adds to `cache` (tasks, and simulations `computed` now or `cached`: a Cached chunk's, or
+    stored one by one and reused inside a chunk that ran); returns the simulations merged
+    per pair."""
     cfg, ds, cube = stage.config, stage.dataset, stage.cube
     if strategies is None:
         chunks = stage2_plan(cfg, ds, cube, ok_strategies(cube), pairs)
@@ -156,22 +158,23 @@ def _simulate_pairs(stage: StageRun, simulate_chunk, pairs: list[tuple[str, str]
         return ds.returns, ds.dates, cube, chunk.members, cfg
 
     by_pair: dict[tuple[str, str], list] = {}
-    hits = sims_cached = n_sims = 0
+    hits = computed = reused = n_sims = 0
     for chunk, fut in run_chunks(task, chunks, stored, ray_args=on_ray, local_args=local):
-        result = fut.result()["result"]
+        out = fut.result()
+        result = out["result"]
         # A cached result may come from identical weights under another name: relabel.
         result.keys = list(chunk.members)
-        cached = is_cached(fut)
-        hits += cached
+        chunk_cached = is_cached(fut)
+        hits += chunk_cached
         n_sims += len(result.keys)
-        sims_cached += len(result.keys) if cached else 0
+        computed += 0 if chunk_cached else out["computed"]
+        n_reused = len(result.keys) if chunk_cached else out["reused"]
+        reused += n_reused
         by_pair.setdefault((result.rebalance, result.simulator), []).append(result)
         stage.progress.record("stage2", done=sum(s == OK for s in result.status),
-                              failed=sum(s != OK for s in result.status),
-                              cached=len(result.keys) if cached else 0)
-    for name, n in (("tasks", len(chunks)), ("cached", hits), ("simulations", n_sims),
-                    ("simulations_cached", sims_cached),
-                    ("simulations_computed", n_sims - sims_cached)):
+                              failed=sum(s != OK for s in result.status), cached=n_reused)
+    for name, n in (("tasks", len(chunks)), ("tasks_cached", hits), ("simulations", n_sims),
+                    ("computed", computed), ("cached", reused)):
         cache[name] = cache.get(name, 0) + n
     # Chunks finish in any order (Ray, or local replay); merge them in a fixed order so the
     # results frame, and the digest that keys the cached statistics, never depend on timing.

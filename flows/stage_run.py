@@ -26,7 +26,7 @@ from tournament.cube import WeightsCube
 from tournament.schema import FAILED, UNSUPPORTED
 
 from .inputs import PreparedRun, prepare_run
-from .plan import DEFAULT_RESULT_STORAGE, Chunk, stored_key
+from .plan import DEFAULT_RESULT_STORAGE, Chunk, replayable, stored_key
 from .progress import RunProgress, StageCounts
 from .runtime import (check_cluster_reachability, check_storage_reaches_all_nodes,
                       default_result_storage, init_ray, make_result_storage, prewarm_workers,
@@ -186,12 +186,14 @@ def is_cached(future) -> bool:
 
 
 def stored_chunks(stage: StageRun, chunks: list[Chunk]) -> set[str]:
-    """Keys of the chunks whose result is already in result storage (none with --refresh)."""
+    """Keys of the chunks that compute nothing: their result, or each of their units'
+    results, is already in result storage (none with --refresh). They replay in this
+    process; the others go to Ray."""
     if stage.refresh or not chunks:
         return set()
     from prefect.results import ResultStore
     store = ResultStore(result_storage=stage.storage)
-    return {c.key for c in chunks if store.exists(stored_key(c.key))}
+    return replayable(chunks, lambda key: store.exists(stored_key(key)))
 
 
 def run_chunks(task, chunks: list[Chunk], stored: set[str], *, local_args, ray_args,

@@ -23,9 +23,10 @@ from prefect import task
 from tournament.config import TournamentConfig
 from tournament.cube import WeightsCube
 from tournament.simulators.base import Market, SimulationResult, failed_result
-from tournament.stage2 import merge_results, simulate_pair
+from tournament.stage2 import merge_results, simulate_pair, split_result
 
 from .common import injected_delay, locked_policy, log_execution
+from .unit_store import UnitStore
 
 # Backtests per child process, by simulator (the others run in the task's own process).
 RECYCLE_AFTER = {"nautilus": 8}
@@ -49,19 +50,36 @@ def backtests_per_process(simulator: str) -> int | None:
 def simulate_chunk(returns: np.ndarray, dates: pd.DatetimeIndex, cube: WeightsCube,
                    keys: list[tuple[str, str, str]], config: TournamentConfig, *,
                    rebalance: str, simulator: str, chunk_name: str, cache_key: str,
-                   key_parts: dict) -> dict:
+                   key_parts: dict, unit_keys: list[str]) -> dict:
+    """The chunk's simulations, in `keys` order: each found under its own key (`unit_keys`)
+    or simulated and stored. Returns them merged, with how many ran and how many were
+    reused."""
     injected_delay()
-    per_process = backtests_per_process(simulator)
+    units = UnitStore.of_running_task()
+    found = {s: units.read(key) for s, key in enumerate(unit_keys)}
+    missing = [s for s in range(len(keys)) if found[s] is None]
     workers: list[dict] = []
-    if per_process:
-        result, workers = simulate_recycled(returns, dates, cube, keys, rebalance=rebalance,
-                                            simulator=simulator, config=config,
-                                            per_process=per_process)
-    else:
-        result = simulate_pair(returns, dates, cube, keys, rebalance=rebalance,
-                               simulator=simulator, config=config)
-    log_execution("stage2", cache_key, len(keys))
-    return {"result": result, "key_parts": key_parts, "workers": workers}
+    if missing:
+        todo = [keys[s] for s in missing]
+        per_process = backtests_per_process(simulator)
+        if per_process:
+            result, workers = simulate_recycled(returns, dates, cube, todo, rebalance=rebalance,
+                                                simulator=simulator, config=config,
+                                                per_process=per_process)
+        else:
+            result = simulate_pair(returns, dates, cube, todo, rebalance=rebalance,
+                                   simulator=simulator, config=config)
+        for s, one in zip(missing, split_result(result)):
+            found[s] = one
+            units.write(unit_keys[s], one)
+    if missing:                           # a real execution, not a replay of stored units
+        log_execution("stage2", cache_key, len(missing))
+    result = merge_results([found[s] for s in range(len(keys))]) if keys else \
+        simulate_pair(returns, dates, cube, keys, rebalance=rebalance, simulator=simulator,
+                      config=config)
+    result.keys = list(keys)          # a stored unit may come from identical weights
+    return {"result": result, "computed": len(missing), "reused": len(keys) - len(missing),
+            "key_parts": key_parts, "workers": workers}
 
 
 # ----------------------------------------------------------------------------- recycling

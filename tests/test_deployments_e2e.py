@@ -430,7 +430,7 @@ def test_deployments_end_to_end(prefect_stack, tmp_path):
         assert (after["simulator"] == "vectorbt").sum() == (before["selection"] != "benchmark").sum()
         assert len(after) == len(before) + (after["simulator"] == "vectorbt").sum()
         manifest = json.loads((run_dir / "manifest.json").read_text())
-        assert manifest["cache"]["stage1"]["cells_computed"] == 0, manifest["cache"]
+        assert manifest["cache"]["stage1"]["computed"] == 0, manifest["cache"]
         assert manifest["simulate"][-1]["pairs"] == [[m, "vectorbt"] for m in
                                                      sorted(set(before["rebalance"]))]
 

@@ -254,9 +254,9 @@ def test_ledger_for_real_run_balances_and_detects_removed_outcome(tmp_path, quic
 
 # ----------------------------------------------------------------------------- compare
 def _write_run_dir(path, cfg, dataset, result, *, cache_keys=True):
-    from tournament.keys import cache_key, stage1_key_parts
+    from flows.plan import stage1_plan
     from tournament.outputs import write_json, write_run
-    from tournament.windows import make_windows
+    from tournament.windows import windows_for
     manifest = {"run_id": uuid.uuid4().hex[:12], "mode": "two-stage", "config": cfg.to_dict(),
                 "config_digest": cfg.digest(),
                 "data": {"source": dataset.source, "fingerprint": dataset.fingerprint,
@@ -264,19 +264,9 @@ def _write_run_dir(path, cfg, dataset, result, *, cache_keys=True):
                 "timings": result.timings}
     write_run(path, cube=result.cube, results=result.results, returns=result.returns,
               manifest=manifest)
-    if cache_keys:
-        from tournament.stage1 import plan_cells
-        windows = make_windows(dataset.n_days, cfg.windows)
-        dates = [str(dataset.dates[w.rebalance].date()) for w in windows]
-        groups: dict = {}
-        for c in plan_cells(cfg, windows):
-            groups.setdefault((c.selection, c.engine), []).append(c)
-        keys = {}
-        for _, chunk in sorted(groups.items()):
-            parts = stage1_key_parts(chunk, data_fingerprint=dataset.fingerprint, config=cfg,
-                                     window_dates=dates)
-            keys[cache_key(parts)] = parts
-        write_json(path / "cache_keys.json", keys)
+    if cache_keys:          # the Stage 1 cells' keys, as the flow records them
+        _, cell_parts = stage1_plan(cfg, dataset, windows_for(dataset, cfg.windows))
+        write_json(path / "cache_keys.json", cell_parts)
 
 
 def test_compare_identical_and_max_weight_change(tmp_path, sp500, quick_run):

@@ -2,7 +2,7 @@
 
 Data: the bundled S&P 500 sample (500 days x 20 stocks), a cube from `run_stage1` with the
 custom engine (selection "all", profiles min_variance + equal_weight, plus the equal-weight
-baseline = 3 ok strategies, 15 windows, horizon 321 days), cost rate 6 bps.
+baseline = 3 ok strategies, 17 windows, horizon 321 days), cost rate 6 bps.
 
 Measured on this data (nautilus_trader 1.221.0, 1e8 starting balance, prices from 100,
 2 cores), |nautilus final equity / custom final equity - 1| over the 3 strategies:

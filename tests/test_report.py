@@ -45,7 +45,8 @@ def _make_run(out: Path) -> Path:
                          "start": str(dataset.dates[0].date()),
                          "end": str(dataset.dates[-1].date())},
                 "result_storage": "none", "timings": res.timings,
-                "cache": {"stage1": {"tasks": 2, "cached": 1}, "stage2": {"tasks": 1, "cached": 0}}}
+                "cache": {"stage1": {"tasks": 2, "tasks_cached": 1, "computed": 5, "cached": 6},
+                          "stage2": {"tasks": 1, "tasks_cached": 0, "computed": 3, "cached": 0}}}
     # As a real run writes it: statistics columns (confidence set included), ledger, files.
     finalize_run(out, cube=res.cube, results=res.results, returns=res.returns, manifest=manifest)
     return out

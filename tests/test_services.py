@@ -94,7 +94,7 @@ def test_up_status_run_down(services, tmp_path):
     assert flow_run["name"] == "tournament low sp500 260d"      # <fidelity> <data> <days>
     assert flow_run["state"]["type"] == "COMPLETED"
     cold = json.loads((out / "manifest.json").read_text())
-    assert cold["cache"]["stage1"]["cells_computed"] > 0
+    assert cold["cache"]["stage1"]["computed"] > 0
     check_ui_in_browser(lines[-1].removeprefix("run: "), port, out, tmp_path)
 
     # Warm rerun: nothing computed, Ray never contacted, every chunk still a Cached task run.
@@ -102,8 +102,8 @@ def test_up_status_run_down(services, tmp_path):
     assert warm.returncode == 0, warm.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     s1, s2 = manifest["cache"]["stage1"], manifest["cache"]["stage2"]
-    assert (s1["cells_computed"], s2["simulations_computed"]) == (0, 0)
-    assert s1["cached"] == s1["tasks"] and s2["cached"] == s2["tasks"]
+    assert (s1["computed"], s2["computed"]) == (0, 0)
+    assert s1["tasks_cached"] == s1["tasks"] and s2["tasks_cached"] == s2["tasks"]
     assert "ray_start" not in manifest["timings"]["parallel"]
     # The manifest's sequential phases account for the CLI's wall time up to its last write.
     timings = manifest["timings"]
@@ -153,7 +153,8 @@ def check_ui_in_browser(run_link: str, port: int, out: Path, tmp_path: Path) -> 
         page.wait_text("tournament low sp500 260d")
         assert "Oops" not in page.evaluate("document.body.innerText")
         page.evaluate("document.getElementById('subflow-runs').click()")
-        page.wait_text("stage1 low 9 cells", "stage2 low 3 strategies x 1 pairs")
+        # 260 days, 180/40/20: 5 windows (rebalances 179..259) x (2 profiles + the baseline)
+        page.wait_text("stage1 low 15 cells", "stage2 low 3 strategies x 1 pairs")
         assert "Subflow" in page.evaluate("location.href") or "tab=" in page.evaluate(
             "location.href"), page.evaluate("location.href")
         results = pd.read_parquet(out / "results.parquet")

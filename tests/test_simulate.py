@@ -97,7 +97,7 @@ def test_simulate_adds_vectorbt_without_solving_stage1(runs):
     assert [r for r in runs["executions"] if r["kind"] == "stage1"] == []     # 0 cells solved
     assert sum(r["count"] for r in runs["executions"] if r["kind"] == "stage2") > 0
     manifest = json.loads((base / "manifest.json").read_text())
-    assert manifest["cache"]["stage1"]["cells_computed"] == 0
+    assert manifest["cache"]["stage1"]["computed"] == 0
     assert manifest["cache"]["stage1"]["tasks"] == 0
     assert manifest["simulate"][-1]["cells_computed"] == 0
     assert manifest["simulate"][-1]["pairs"] == [["window", "vectorbt"]]
@@ -217,13 +217,13 @@ def test_stages_run_on_their_own_from_their_parameters(runs, tmp_path, execution
               "result_storage": manifest["result_storage"]}
     start = len(executions())
     one = stage1_flow(**params, run_dir=str(tmp_path / "alone"))
-    assert one["cache"]["cells_computed"] == 0 and one["cache"]["cells"] > 0
+    assert one["cache"]["computed"] == 0 and one["cache"]["cells"] > 0
     cube = WeightsCube.from_pickle(tmp_path / "alone" / "weights_cube.pkl")
     assert cube.equals(WeightsCube.from_pickle(pristine / "weights_cube.pkl"),
                        ignore_timing=True)
     two = stage2_flow(**params, run_dir=str(tmp_path / "alone"))
     assert two["pairs"] == [["window", "custom"]]
-    assert two["cache"]["cached"] == two["cache"]["tasks"] > 0
+    assert two["cache"]["tasks_cached"] == two["cache"]["tasks"] > 0
     assert executions()[start:] == []
     assert not (tmp_path / "alone" / "results.parquet").exists()
 
@@ -239,7 +239,7 @@ def test_simulate_flow_adds_nautilus(runs, tmp_path, executions):
     summary = simulate(run_dir=str(run), simulators=["nautilus"])
     seconds = time.monotonic() - t0
     assert [r for r in executions()[start:] if r["kind"] == "stage1"] == []
-    assert summary["cache"]["stage1"]["cells_computed"] == 0
+    assert summary["cache"]["stage1"]["computed"] == 0
     assert summary["pairs"] == [["window", "nautilus"]]
     results = pd.read_parquet(run / "results.parquet")
     nautilus = results[results.simulator == "nautilus"]

@@ -233,7 +233,7 @@ def test_block_parameters_resolve_in_a_run_and_explicit_parameters_win(ray_sessi
     assert cfg["fidelity"] == "low" and cfg["simulators"] == ["custom"]     # explicit wins
     assert cfg["engines"] == ["custom"] and cfg["selections"] == ["all"]    # from the block
     assert cfg["profiles"] == ["equal_weight"]                              # explicit override key
-    assert cfg["windows"] == {"train": 120, "test": 30, "step": 30}         # from the block
+    assert cfg["windows"] == {"start": "", "train": 120, "test": 30, "step": 30}   # the block's
     assert manifest["data"]["days"] == 280                                  # the data block's
     assert manifest["result_storage"] == str(tmp_path / "cache")            # the compute block's
     assert Path(tmp_path / "cache").is_dir()

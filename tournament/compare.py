@@ -10,12 +10,13 @@ Reads from each run directory (tournament.schema): the cells and the cube's weig
 * reasons: manifest differences (data fingerprint, config fields as dotted paths, library
   versions) and, when both runs have cache_keys.json, the named key parts that differ between
   the unmatched keys of A and their counterparts in B (tournament.keys.explain_difference),
-  summarised one level deep ("data changed", "engine_params.max_sharpe changed",
-  "code.custom changed").
+  summarised one level deep ("slice changed", "engine_params.max_sharpe changed",
+  "code.custom changed", "returns changed").
 
-Counterparts: a Stage 1 key is paired with the B key of the same (selections, engines) chunk,
-a Stage 2 key with a B key of the same (rebalance, simulator) -- among several, the one with
-the fewest differing parts, then the most shared schedule digests.
+Counterparts: a Stage 1 key (one cell) is paired with the B key of the same cell (window
+date, selection, engine, profile), a Stage 2 key with a B key of the same (rebalance,
+simulator) -- among several, the one with the fewest differing parts, then the most shared
+schedule digests.
 """
 from __future__ import annotations
 
@@ -163,7 +164,12 @@ def _manifest_reasons(diffs: list[dict]) -> list[str]:
 
 
 def _identity(parts: dict) -> tuple:
+    """What a key computes, whatever it depends on: a Stage 1 cell (date, selection, engine,
+    profile); a Stage 2 chunk's (rebalance, simulator). Runs before per-cell keys keyed
+    Stage 1 by chunk (`cells`: a list of cells): those pair by (selections, engines)."""
     if parts.get("stage") == 1:
+        if "cell" in parts:
+            return (1, *parts["cell"])
         cells = parts.get("cells") or []
         return (1, tuple(sorted({c[1] for c in cells})), tuple(sorted({c[2] for c in cells})))
     return (parts.get("stage"), parts.get("rebalance"), parts.get("simulator"))

@@ -11,6 +11,7 @@ window's target, cash in a strategy's first window; `cash`: all cash, i.e. zero 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import pickle
 from dataclasses import dataclass, field
@@ -50,6 +51,32 @@ class CellResult:
     solver_status: str = ""        # cvxpy status ("" for closed-form weights)
     residual: float = np.nan       # optimality residual, when the status rule computed one
     policy: str = ""               # the on_infeasible policy that resolved a fallback cell
+
+
+@dataclass(frozen=True)
+class StoredCell:
+    """A cell's result as result storage keeps it: its weights by asset name, so it places
+    into the universe of any later run that holds those assets (e.g. after a column with no
+    data in this cell's window was added; the cell's key does not see such a column)."""
+    result: CellResult              # as solved, its weights left out (`weights` holds them)
+    assets: tuple[str, ...]         # the assets with a nonzero weight
+    weights: np.ndarray             # their weights
+
+    @classmethod
+    def of(cls, result: CellResult, assets) -> "StoredCell":
+        held = np.flatnonzero(result.weights)
+        return cls(dataclasses.replace(result, weights=np.zeros(0)),
+                   tuple(assets[i] for i in held), result.weights[held].copy())
+
+    def placed(self, cell: Cell, assets: tuple[str, ...]) -> CellResult:
+        """This result as `cell` of a run whose universe is `assets` (full-length weights)."""
+        index = {a: i for i, a in enumerate(assets)}
+        missing = [a for a in self.assets if a not in index]
+        if missing:       # the key covers every held asset's name: a key bug, never hidden
+            raise ValueError(f"stored cell {cell} holds assets not in this data: {missing[:5]}")
+        weights = np.zeros(len(assets))
+        weights[[index[a] for a in self.assets]] = self.weights
+        return dataclasses.replace(self.result, cell=cell, weights=weights)
 
 
 @dataclass(eq=False)

@@ -1,9 +1,14 @@
 """Cache keys that can be explained.
 
-A key is the digest of a mapping of NAMED parts (cell identity, data fingerprint, the config
-that affects the work, the code version of what computes it). The parts are kept next to each
-result, so a rerun or `tournament compare` can say which part changed. Arrays are never hashed
-here: the data enters through its fingerprint, a Stage 1 schedule through its digest.
+A key is the digest of a mapping of NAMED parts (cell identity, the fingerprint of the data
+it reads, the config that affects the work, the code version of what computes it). The parts
+are kept next to each result, so a rerun or `tournament compare` can say which part changed.
+
+Point in time: a Stage 1 cell keys on its own training slice (`slice_fingerprint`), a Stage 2
+simulation on its horizon rows (`horizon_fingerprint`) and its weight schedule's digest, never
+on the whole returns matrix, so appending a day changes only the work that reads it. Work is
+stored per unit (a cell, a simulation) under these keys; a chunk's key is only the digest of
+its units' keys (flows.plan).
 """
 from __future__ import annotations
 
@@ -12,9 +17,13 @@ import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from .config import TournamentConfig, digest_of
 from .cube import Cell
 from .registry import module_of
+from .selection import eligible
 
 STAGE1_SHARED_MODULES = ("tournament.stage1", "tournament.selection", "tournament.estimation",
                          "tournament.windows", "tournament.engines.base",
@@ -42,36 +51,71 @@ def simulator_code_version(simulator: str) -> str:
                                                  module_of("simulator", simulator))])
 
 
-def stage1_key_parts(cells: list[Cell], *, data_fingerprint: str, config: TournamentConfig,
-                     window_dates: list[str]) -> dict:
-    """Everything a chunk of Stage 1 cells depends on, by name."""
-    selections = sorted({c.selection for c in cells})
-    engines = sorted({c.engine for c in cells})
-    profiles = sorted({c.profile for c in cells})
+def slice_fingerprint(returns: np.ndarray, dates: pd.DatetimeIndex, assets, rows: slice) -> str:
+    """What a Stage 1 cell reads: its training rows' dates, which assets are eligible there
+    (tournament.selection.eligible), their names and their values. An asset that has no
+    full history in the slice (e.g. a column added later) is not read, so it is not hashed."""
+    train = returns[rows]
+    mask = eligible(train)
+    h = hashlib.sha256()
+    h.update(dates[rows].asi8.tobytes() + str(train.dtype).encode())
+    h.update("\x1f".join(a for a, keep in zip(assets, mask) if keep).encode())
+    h.update(np.ascontiguousarray(train[:, mask]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def horizon_fingerprint(returns: np.ndarray, dates: pd.DatetimeIndex, assets,
+                        start: int, end: int) -> str:
+    """What a Stage 2 path reads of the data: rows [start, end] (the horizon), every asset,
+    with their dates and names."""
+    rows = returns[start:end + 1]
+    h = hashlib.sha256()
+    h.update(dates[start:end + 1].asi8.tobytes() + str(rows.dtype).encode())
+    h.update("\x1f".join(assets).encode())
+    h.update(np.ascontiguousarray(rows).tobytes())
+    return h.hexdigest()[:16]
+
+
+def cell_key_parts(cell: Cell, *, window_date: str, slice_fingerprint: str,
+                   config: TournamentConfig) -> dict:
+    """Everything one Stage 1 cell depends on, by name (its result is stored under this)."""
     return {
         "stage": 1,
-        "cells": [[window_dates[c.window], c.selection, c.engine, c.profile] for c in cells],
-        "data": data_fingerprint,
-        "windows": [config.windows.train, config.windows.test, config.windows.step],
-        "selection_params": {s: config.selection_params(s) for s in selections},
-        "engine_params": {p: config.engine_params(p) for p in profiles},
-        "code": {e: engine_code_version(e) for e in engines},
+        "cell": [window_date, cell.selection, cell.engine, cell.profile],
+        "slice": slice_fingerprint,
+        "train": config.windows.train,
+        "selection_params": config.selection_params(cell.selection),
+        "engine_params": config.engine_params(cell.profile),
+        "code": engine_code_version(cell.engine),
     }
 
 
+def stage1_chunk_parts(cell_keys: list[str]) -> dict:
+    """A Stage 1 chunk is its cells: its key changes when a member's key does, or when the
+    membership does (the cells themselves are then still found under their own keys)."""
+    return {"stage": 1, "cells": list(cell_keys)}
+
+
 def stage2_key_parts(schedule_digests: list[str], *, rebalance: str, simulator: str,
-                     data_fingerprint: str, config: TournamentConfig) -> dict:
-    """Everything a chunk of Stage 2 simulations depends on (weights by digest, not by cell)."""
+                     returns_fingerprint: str, config: TournamentConfig) -> dict:
+    """Everything a chunk of Stage 2 simulations depends on (weights by digest, not by cell;
+    the data by the fingerprint of the horizon rows the paths simulate)."""
     return {
         "stage": 2,
         "rebalance": rebalance,
         "simulator": simulator,
         "schedules": list(schedule_digests),
-        "data": data_fingerprint,
+        "returns": returns_fingerprint,
         "costs": [config.costs.slippage_bps, config.costs.commission_bps],
         "tolerance": config.tolerance if rebalance == "tolerance" else None,
         "code": simulator_code_version(simulator),
     }
+
+
+def simulation_key_parts(chunk_parts: dict, schedule_digest: str) -> dict:
+    """One simulation of a Stage 2 chunk: the chunk's parts with its one schedule."""
+    parts = {k: v for k, v in chunk_parts.items() if k != "schedules"}
+    return {**parts, "schedule": schedule_digest}
 
 
 def cache_key(parts: dict) -> str:

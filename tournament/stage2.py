@@ -90,6 +90,20 @@ def merge_results(parts: list[SimulationResult]) -> SimulationResult:
                             seconds=np.concatenate([p.seconds for p in parts]))
 
 
+def split_result(result: SimulationResult) -> list[SimulationResult]:
+    """One SimulationResult per strategy (the units result storage keeps one by one);
+    `merge_results` of them is `result` again."""
+    return [SimulationResult(simulator=result.simulator, rebalance=result.rebalance,
+                             keys=[key], dates=result.dates,
+                             net_returns=result.net_returns[s:s + 1].copy(),
+                             turnover=result.turnover[s:s + 1].copy(),
+                             costs=result.costs[s:s + 1].copy(), status=[result.status[s]],
+                             reason=[result.reason[s]],
+                             seconds=None if result.seconds is None
+                             else result.seconds[s:s + 1].copy())
+            for s, key in enumerate(result.keys)]
+
+
 def frictionless_sharpe(cube: WeightsCube, dataset: Dataset, config: TournamentConfig
                         ) -> dict[tuple[str, str, str, str], float]:
     """Sharpe (held days) of every ok strategy x rebalance mode with the SAME trades at 0 bps.

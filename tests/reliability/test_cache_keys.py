@@ -17,10 +17,9 @@ from hypothesis import strategies as st
 import tournament.keys as keys_mod
 from tournament.config import CostModel, WindowSpec, load_config
 from tournament.data import Dataset
-from tournament.keys import cache_key, stage1_key_parts, stage2_key_parts
+from tournament.keys import cache_key, stage2_key_parts
 from tournament.registry import PROFILES, REBALANCE_MODES, SELECTIONS, SIMULATORS, USER_ENGINES
-from tournament.stage1 import plan_cells
-from tournament.windows import make_windows
+from tournament.windows import windows_for
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -35,20 +34,41 @@ grids = st.fixed_dictionaries({"selections": subset(SELECTIONS), "engines": subs
                                "profiles": subset(PROFILES)})
 
 
-def stage1_keys(cfg, fingerprint="data-f") -> dict[tuple[str, str], str]:
-    windows = make_windows(N_DAYS, cfg.windows)
-    dates = [str(pd.Timestamp("2020-01-01") + pd.Timedelta(days=w.rebalance)) for w in windows]
-    chunks: dict[tuple[str, str], list] = {}
-    for c in plan_cells(cfg, windows):
-        chunks.setdefault((c.selection, c.engine), []).append(c)
-    return {name: cache_key(stage1_key_parts(chunk, data_fingerprint=fingerprint, config=cfg,
-                                             window_dates=dates))
-            for name, chunk in chunks.items()}
+def _dataset_of(days: int = N_DAYS, assets: int = 6, seed: int = 7) -> Dataset:
+    rng = np.random.default_rng(seed)
+    return Dataset(rng.normal(0, 0.01, (days, assets)),
+                   pd.bdate_range("2020-01-01", periods=days),
+                   tuple(f"A{i}" for i in range(assets)), "test")
+
+
+DATA = _dataset_of()
+
+
+def stage1_keys(cfg, dataset=DATA) -> dict[tuple[str, str], str]:
+    """Stage 1 chunk keys as the flow builds them (flows.plan), by (selection, engine).
+    Chunks of unsupported cells only are left out: they read nothing, so no input changes
+    their keys."""
+    from flows.plan import stage1_plan
+    chunks, _ = stage1_plan(cfg, dataset, windows_for(dataset, cfg.windows))
+    out = {}
+    for chunk in chunks:
+        if not chunk.stored_units():
+            continue
+        sel, eng = chunk.name.split("/")[:2]
+        out[(sel, eng)] = cache_key({"stage": 1, "chunks": [out.get((sel, eng)), chunk.key]})
+    return out
+
+
+def cell_keys(cfg, dataset=DATA) -> dict[tuple, str]:
+    """Every Stage 1 cell's key, by (window date, selection, engine, profile)."""
+    from flows.plan import stage1_plan
+    _, parts = stage1_plan(cfg, dataset, windows_for(dataset, cfg.windows))
+    return {tuple(p["cell"]): k for k, p in parts.items()}
 
 
 def stage2_keys(cfg, fingerprint="data-f") -> dict[tuple[str, str], str]:
     return {(r, s): cache_key(stage2_key_parts(["d1", "d2"], rebalance=r, simulator=s,
-                                               data_fingerprint=fingerprint, config=cfg))
+                                               returns_fingerprint=fingerprint, config=cfg))
             for r in REBALANCE_MODES for s in SIMULATORS}
 
 
@@ -58,8 +78,11 @@ def changed(a: dict, b: dict) -> set:
 
 
 def profiles_of(cfg, name) -> set:
+    """The profiles a chunk solves (an unsupported cell has no key to change)."""
+    from tournament.stage1 import engine_instance
     sel, eng = name
-    return {"equal_weight"} if eng == "baseline" else set(cfg.profiles)
+    profiles = {"equal_weight"} if eng == "baseline" else set(cfg.profiles)
+    return {p for p in profiles if engine_instance(eng).supports(p)}
 
 
 # ---------------------------------------------------------------- Stage 1 config parts
@@ -95,12 +118,22 @@ def test_engine_params_change_every_optimised_chunk(grid, field):
 
 @SETTINGS
 @given(grid=grids, which=st.sampled_from(["train", "test", "step"]), delta=st.integers(1, 30))
-def test_window_sizes_change_every_stage1_chunk(grid, which, delta):
+def test_window_sizes_change_the_stage1_cells_that_read_other_rows(grid, which, delta):
+    """Point in time: a cell reads its training slice only. A new train length changes every
+    cell; a new step moves rebalance days, and a cell on a day both grids share keeps its
+    key (same slice); a new test length changes no cell (the cube takes the test ends from
+    the windows, not from the cells)."""
     base = dict(train=120, test=40, step=40)
     a = load_config(**grid, **base)
     b = load_config(**grid, **{**base, which: base[which] + delta})
-    ka, kb = stage1_keys(a), stage1_keys(b)
-    assert changed(ka, kb) == set(ka)
+    ka, kb = cell_keys(a), cell_keys(b)
+    if which == "test":
+        assert ka == kb and stage1_keys(a) == stage1_keys(b)
+        return
+    common = set(ka) & set(kb)
+    unchanged = {c for c in common if ka[c] == kb[c]}
+    assert unchanged == (set() if which == "train" else common)
+    assert changed(stage1_keys(a), stage1_keys(b)) == set(stage1_keys(a))
 
 
 @SETTINGS
@@ -257,3 +290,78 @@ def test_fingerprint_changes_with_any_change_of_values_index_columns_dtype(seed,
         r, idx, bench = r[1:], idx[1:], bench[1:]
     other = Dataset(np.ascontiguousarray(r), idx, cols, "test", bench, "BM")
     assert other.fingerprint != base.fingerprint, mutation
+
+
+# ---------------------------------------------------------------- point in time (issue 15)
+POINT_IN_TIME = dict(selections=["all", "momentum"], engines=["custom"],
+                     profiles=["min_variance", "equal_weight"], train=120, test=40, step=20)
+
+
+def _grown(ds: Dataset, rows: int, seed: int = 11) -> Dataset:
+    """`ds` with `rows` more trading days appended (its own rows unchanged)."""
+    more = np.random.default_rng(seed).normal(0, 0.01, (rows, ds.n_assets))
+    dates = ds.dates.append(pd.bdate_range(ds.dates[-1] + pd.offsets.BDay(), periods=rows))
+    return Dataset(np.vstack([ds.returns, more]), dates, ds.assets, "test")
+
+
+@pytest.mark.parametrize("rows", [1, 5, 19])
+def test_appended_days_that_open_no_window_change_no_cell_key(rows):
+    cfg = load_config(**POINT_IN_TIME)
+    base = _dataset_of(days=400)         # rebalance rows 119, 139, ..., 399: next is 419
+    assert cell_keys(cfg, base) == cell_keys(cfg, _grown(base, rows))
+    assert stage1_keys(cfg, base) == stage1_keys(cfg, _grown(base, rows))
+
+
+def test_one_step_of_days_adds_exactly_the_new_windows_cells():
+    cfg = load_config(**POINT_IN_TIME)
+    base = _dataset_of(days=400)
+    before, after = cell_keys(cfg, base), cell_keys(cfg, _grown(base, 20))
+    assert {c: k for c, k in after.items() if c in before} == before
+    new = set(after) - set(before)
+    assert len({c[0] for c in new}) == 1          # one new window: every cell of the grid
+    assert {c[1:] for c in new} == {c[1:] for c in before}
+
+
+def test_an_asset_column_added_later_changes_only_windows_that_read_it():
+    cfg = load_config(**POINT_IN_TIME)
+    base = _dataset_of(days=400)
+    column = np.full(400, np.nan)
+    column[150:] = np.random.default_rng(3).normal(0, 0.01, 250)   # returns from row 150
+    wider = Dataset(np.column_stack([base.returns, column]), base.dates,
+                    (*base.assets, "NEW"), "test")
+    before, after = cell_keys(cfg, base), cell_keys(cfg, wider)
+    windows = windows_for(base, cfg.windows)
+    full_history = {str(base.dates[w.rebalance].date()) for w in windows
+                    if w.train_rows.start >= 150}
+    changed_cells = {c for c in before if before[c] != after[c]}
+    assert {c[0] for c in changed_cells} == full_history
+    assert full_history and len(full_history) < len(windows)
+
+
+@SETTINGS
+@given(row=st.integers(0, N_DAYS - 1), asset=st.integers(0, 5))
+def test_a_corrected_value_changes_exactly_the_cells_that_read_its_row(row, asset):
+    cfg = load_config(**POINT_IN_TIME)
+    values = DATA.returns.copy()
+    values[row, asset] += 1e-3
+    fixed = Dataset(values, DATA.dates, DATA.assets, "test")
+    before, after = cell_keys(cfg, DATA), cell_keys(cfg, fixed)
+    reads = {str(DATA.dates[w.rebalance].date()) for w in windows_for(DATA, cfg.windows)
+             if w.train_rows.start <= row < w.train_rows.stop}
+    assert {c[0] for c in before if before[c] != after[c]} == reads
+
+
+def test_stage2_keys_on_the_horizon_rows_only():
+    from tournament.keys import horizon_fingerprint
+    ds = DATA
+    fp = horizon_fingerprint(ds.returns, ds.dates, ds.assets, 119, N_DAYS - 1)
+    values = ds.returns.copy()
+    values[50] += 1e-3                   # before the first rebalance row: no path reads it
+    early = Dataset(values, ds.dates, ds.assets, "test")
+    assert horizon_fingerprint(early.returns, early.dates, early.assets, 119, N_DAYS - 1) == fp
+    grown = _grown(ds, 1)
+    assert horizon_fingerprint(grown.returns, grown.dates, grown.assets, 119, N_DAYS) != fp
+    values = ds.returns.copy()
+    values[200, 2] += 1e-3               # a corrected row inside the horizon
+    late = Dataset(values, ds.dates, ds.assets, "test")
+    assert horizon_fingerprint(late.returns, late.dates, late.assets, 119, N_DAYS - 1) != fp

@@ -180,6 +180,17 @@ def confidence_view(run: dict) -> dict[str, Any] | None:
             "notes": settings.get("notes") or [], "n_strategies": summary["n_strategies"]}
 
 
+CACHE_UNITS = {"stage1": "cells", "stage2": "simulations"}
+
+
+def cache_lines(cache: dict) -> list[tuple[str, str]]:
+    """(stage, "N computed, M cached <unit>") of a manifest's cache section (older
+    manifests without these counts show '?')."""
+    return [(stage, f"{v.get('computed', '?')} computed, {v.get('cached', '?')} cached "
+                    f"{CACHE_UNITS.get(stage, 'units')}")
+            for stage, v in cache.items() if isinstance(v, dict)]
+
+
 def summary_items(run: dict) -> list[tuple[str, Any]]:
     """(label, value) of the run summary: ids, data, grid, timings; empty ones left out."""
     man, state = run["manifest"], run["state"]

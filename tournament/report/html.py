@@ -20,7 +20,7 @@ from .charts import chart_images
 from .format import esc, fmt, number
 from .frames import (REFERENCE_SIMULATOR, agreement_frame, column_measures, confidence_view,
                      failures_frames, fallback_frame, race_view, selections, simulator_board,
-                     simulators, status_counts, summary_items)
+                     simulators, status_counts, summary_items, cache_lines)
 from .load import load_run
 
 NAV = (("summary", "Summary"), ("leaderboard", "Leaderboard"), ("equity", "Equity"),
@@ -115,9 +115,7 @@ def summary_section(run: dict) -> str:
     body += _cards("Stage 2 results (strategy x rebalance x simulator)", status_counts(results))
     body += _cards("Stage 1 cells (window x selection x engine x profile)", status_counts(cells))
     if man.get("cache"):
-        body += "<h3>Cache hits</h3>" + kv_table(
-            (f"{stage} cached / tasks", f"{v.get('cached', '?')} / {v.get('tasks', '?')}")
-            for stage, v in man["cache"].items() if isinstance(v, dict))
+        body += "<h3>Cache</h3>" + kv_table(cache_lines(man["cache"]))
     return _section("summary", "Summary", body)
 
 

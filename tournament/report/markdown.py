@@ -8,7 +8,8 @@ from ..leaderboard import STRATEGY, leaderboard_columns, leaderboard_frame
 from ..schema import REPORT_HTML
 from .format import json_safe, md, md_table
 from .frames import (REFERENCE_SIMULATOR, agreement_frame, column_measures, confidence_view,
-                     failures_frames, fallback_frame, race_view, status_counts, summary_items)
+                     failures_frames, fallback_frame, race_view, status_counts, summary_items,
+                     cache_lines)
 from .load import load_run
 
 # Longer tables are cut here in Markdown (report.html has them whole).
@@ -56,9 +57,8 @@ def _summary_lines(run: dict) -> list[str]:
     out.append("- **results**: " + ", ".join(f"{md(v)} {md(k)}" for k, v in r.items()))
     out.append("- **stage 1 cells**: " + ", ".join(f"{md(v)} {md(k)}" for k, v in c.items()))
     if man.get("cache"):
-        out.append("- **cache hits**: " + ", ".join(
-            f"{md(s)} {md(v.get('cached'))}/{md(v.get('tasks'))}"
-            for s, v in man["cache"].items() if isinstance(v, dict)))
+        out.append("- **cache**: " + "; ".join(f"{md(s)} {md(line)}"
+                                               for s, line in cache_lines(man["cache"])))
     return out
 
 

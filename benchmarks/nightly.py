@@ -1,0 +1,109 @@
+"""Nightly increment benchmark (issue 15): what one more step of data costs.
+
+    .venv/bin/python benchmarks/nightly.py                  # large grid, medium (~6 min)
+    .venv/bin/python benchmarks/nightly.py --assets 50 --days 600   # quicker
+
+A synthetic prices file (scripts/grow_prices.py, `synthetic:ASSETS`, seed 7) of DAYS trading
+days; the large grid (3 selections x 3 engines x 5 profiles x 3 rebalances, 180/40/20, top_k
+20, medium) with anchored windows (`--start` = the file's first day). With services up
+(`tournament up`, as a nightly deployment's worker has them):
+  1. cold: empty result storage;
+  2. the file grows by one window step (20 trading days), then the same command again:
+     the "nightly" run. Stage 1 should solve only the new window's cells; Stage 2 reruns every
+     strategy (every path grows);
+prints wall times, their ratio (acceptance: nightly <= 0.35 x cold), the manifest's phases,
+and the computed/cached counts of both runs; writes benchmarks/results/nightly.json.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "flows.cli"]
+GRID = ["--fidelity", "medium", "--selections", "all,momentum,low_vol",
+        "--engines", "custom,skfolio,cvxportfolio",
+        "--profiles", "equal_weight,min_variance,max_sharpe,risk_parity,hrp",
+        "--rebalances", "window,daily,tolerance", "--train", "180", "--test", "40",
+        "--step", "20", "--top-k", "20"]
+
+spec = importlib.util.spec_from_file_location("grow_prices", REPO / "scripts" / "grow_prices.py")
+grow_prices = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(grow_prices)
+
+
+def run(args: list[str], env: dict, cwd: Path) -> dict:
+    t0 = time.time()
+    proc = subprocess.run(CLI + args, env=env, cwd=cwd, capture_output=True, text=True)
+    wall = time.time() - t0
+    if proc.returncode not in (0, 3):
+        raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    out = Path(args[args.index("--out") + 1])
+    manifest = json.loads((out / "manifest.json").read_text())
+    timings = manifest["timings"]
+    phases = {k: round(v, 2) for k, v in timings.items() if isinstance(v, (int, float))}
+    return {"wall": wall, "phases": phases, "cache": manifest.get("cache"),
+            "first_line": (proc.stderr.splitlines() or [""])[0]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--assets", type=int, default=200)
+    p.add_argument("--days", type=int, default=1250)
+    p.add_argument("--append", type=int, default=20, help="trading days appended (one step)")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "nightly.json"))
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tournament-nightly-"))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_API_URL", "PREFECT_UI_URL", "TOURNAMENT_NO_ATTACH")}
+    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(REPO),
+               NUMBA_CACHE_DIR=str(REPO / ".numba-cache"),
+               TOURNAMENT_SERVICES_DIR=str(work / "services"),
+               PREFECT_HOME=str(work / "prefect-home"))
+    prices = work / "prices.parquet"
+    source = f"synthetic:{args.assets}"
+    grown = grow_prices.grow(prices, init=args.days, source=source)
+    start = str(grown.index[0].date())
+    command = ["run", "--data", str(prices), *GRID, "--start", start,
+               "--result-storage", str(work / "store")]
+    res: dict = {"cores": os.cpu_count(), "file": f"{source} seed 7, {args.days} days",
+                 "append": args.append, "grid": GRID,
+                 "machine_state": "fresh Prefect home and result storage; services up"}
+    try:
+        up = subprocess.run(CLI + ["up", "--prefect-port", "4288", "--ray-port", "6388"],
+                            env=env, cwd=work, capture_output=True, text=True)
+        if up.returncode != 0:
+            raise RuntimeError(up.stderr)
+        try:
+            print("== cold", file=sys.stderr, flush=True)
+            res["cold"] = run(command + ["--out", str(work / "cold")], env, work)
+            grow_prices.grow(prices, append=args.append, source=source)
+            print("== nightly (+%d days)" % args.append, file=sys.stderr, flush=True)
+            res["nightly"] = run(command + ["--out", str(work / "nightly")], env, work)
+        finally:
+            subprocess.run(CLI + ["down"], env=env, cwd=work, capture_output=True)
+        res["ratio"] = res["nightly"]["wall"] / res["cold"]["wall"]
+        for name in ("cold", "nightly"):
+            r = res[name]
+            print(f"{name:8s} wall {r['wall']:7.1f} s  cache {json.dumps(r['cache'])}")
+            print("         phases " + ", ".join(f"{k} {v}" for k, v in r["phases"].items()))
+        print(f"nightly / cold = {res['ratio']:.3f} (acceptance <= 0.35)")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2, default=str))
+        print(f"wrote {args.out}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
