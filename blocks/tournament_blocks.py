@@ -39,9 +39,16 @@ def _schema_extra(schema: dict[str, Any], model: type[Block]) -> None:
     A block picked in the UI reaches the API as `{"$ref": ...}`, which Prefect's server
     validates against `oneOf: [the block's schema, a $ref object]`. These blocks have no
     required field and allow extra keys, so without this a `$ref` object would match both
-    and the server would refuse every pick ("... is valid under each of ...")."""
+    and the server would refuse every pick ("... is valid under each of ...").
+
+    Written as if/then rather than `not: {required: [$ref]}`: Prefect 3.9 validates a
+    deployment's preset parameters with every nested `required` key removed, which turns
+    that `not` into `not: {}` (nothing valid), so no deployment could preset a block by
+    reference (the nightly deployment's data source). Stripped, this clause is `if: {},
+    then: {}` (always valid); whole, a `$ref` key requires a key no block has."""
     block_schema_extra(schema, model)
-    schema["not"] = {"required": ["$ref"]}
+    schema["if"] = {"required": ["$ref"]}
+    schema["then"] = {"required": ["$ref is a reference, not block data"]}
 
 
 # The grid block's fields: every config field (tournament.config_fields.FIELDS, fidelity

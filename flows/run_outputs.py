@@ -10,10 +10,9 @@ from typing import Any
 
 from tournament.config import TournamentConfig
 from tournament.cube import WeightsCube
-from tournament.schema import FAILED, STATE
+from tournament.schema import FAILED, RUN_COMPLETED, RUN_COMPLETED_WITH_FAILURES, STATE
 
 from .progress import RunProgress, StageCounts
-
 
 
 @dataclass
@@ -95,7 +94,7 @@ def write_outputs(run: RunState, out_dir: Path, results, returns, manifest: dict
                            ledger_rows=ledger_rows, ledger_detail=ledger_detail)
     run.timings["write_outputs"] = time.perf_counter() - t0
     n_failed = int((results["status"] == FAILED).sum())
-    status = "completed" if n_failed == 0 else "completed_with_failures"
+    status = RUN_COMPLETED if n_failed == 0 else RUN_COMPLETED_WITH_FAILURES
     run.progress.finish(status)
     t0 = time.perf_counter()
     charts = charts_future.result()            # the part not hidden behind the statistics

@@ -6,6 +6,10 @@
       ├─ stage2 subflow (flows.stage2_flow): one task per (rebalance, simulator, strategy chunk)
       └─ outputs (flows.run_outputs): cube, results, returns, manifest, state, leaderboard, report
 
+Runs that repeat (the nightly deployment) add, in flows.scheduled_runs: a dated run directory
+under `out` with `latest` and retention, a timeout parameter, and a final state named
+CompletedWithFailures when strategies failed.
+
 Every task has an explicit cache key built from named parts (tournament.keys), so a rerun
 only recomputes what changed and a killed run resumes from Prefect result storage. Chunks
 whose result is already stored run in this process (Prefect records them as Cached; no Ray
@@ -45,6 +49,8 @@ from .plan import DEFAULT_RESULT_STORAGE
 from .progress import RunProgress
 from .ray_runner import LazyRayTaskRunner
 from .run_outputs import RunState, flow_run_id, write_outputs
+from .scheduled_runs import (DEFAULT_TIMEOUT_SECONDS, final_state, flow_timeout,
+                             publish_run_dir, run_out_dir)
 from .runtime import default_result_storage, make_result_storage, quiet_library_logs
 from .stage1_flow import stage1_flow
 from .stage2_flow import stage2_flow
@@ -71,7 +77,10 @@ def tournament(fidelity: Fidelity | None = None, data: str | None = None,
                race_top_k: Annotated[int, Field(ge=1)] = 10,
                race_cap: Annotated[float, Field(gt=0, le=1)] = 0.25,
                race_min_tau: Annotated[float, Field(ge=-1, le=1)] = 0.5,
-               race_on_disagreement: Literal["widen", "stop"] = "widen") -> dict:
+               race_on_disagreement: Literal["widen", "stop"] = "widen",
+               dated_run_dirs: bool = False,
+               keep_run_dirs: Annotated[int | None, Field(ge=1)] = None,
+               timeout_seconds: Annotated[int | None, Field(ge=1)] = DEFAULT_TIMEOUT_SECONDS):
     """Run the two-stage tournament and write the run directory. Returns a summary dict.
 
     Precedence, per value: an explicit parameter > the picked block's value > the config
@@ -114,72 +123,88 @@ def tournament(fidelity: Fidelity | None = None, data: str | None = None,
             which the tier is not trusted to rank.
         race_on_disagreement: What an untrusted tier does: widen (promote every strategy
             it ran, without ranking) or stop (the run fails with the numbers).
-    """
-    from tournament.leaderboard import leaderboard_text
-    from tournament.stage2 import results_frame
+        dated_run_dirs: Write each run into its own directory under `out`, named by the
+            flow run's expected start time (a manual run: when it starts), e.g.
+            out/2026-12-01T02-00-00Z, and point out/latest at the newest complete one.
+        keep_run_dirs: With dated_run_dirs: keep only the newest N run directories. Empty:
+            keep all.
+        timeout_seconds: Fail the run (state TimedOut) after this many seconds. Empty: no
+            limit. Default 21600 (6 hours).
 
-    quiet_library_logs()
-    logger = get_run_logger()
-    t_start = time.perf_counter()
-    # 1. Validate everything before any compute or any write (earlier outputs stay intact):
-    #    blocks loaded and merged under the explicit parameters, overrides typed, data
-    #    prepared (in the CLI's process it already was: prepare_run returns the same).
-    inputs = resolve_inputs(
-        config_path=config_path, fidelity=fidelity, data=data, data_kind=data_kind, days=days,
-        overrides=overrides, grid=grid, data_source=data_source, compute=compute,
-        ray_address=ray_address, result_storage=result_storage, num_cpus=num_cpus)
-    config = inputs.config()
-    race_settings = None
-    if race:
-        from tournament.race import RaceSettings
-        race_settings = RaceSettings(top_k=int(race_top_k), cap=float(race_cap),
-                                     min_tau=float(race_min_tau),
-                                     on_disagreement=race_on_disagreement)
-    prepared = prepare_run(config, data=inputs.data, data_kind=inputs.data_kind,
-                           days=inputs.days)
-    dataset = prepared.dataset
-    out_dir = Path(out)
-    with run_dir_lock(out_dir):      # one writer per run directory (re-entrant with the CLI's)
-        location = str(inputs.result_storage or default_result_storage(DEFAULT_RESULT_STORAGE))
-        run_id = uuid.uuid4().hex[:12]
-        progress = RunProgress(out_dir, run_id, {
-            "config_digest": config.digest(), "data_fingerprint": dataset.fingerprint,
-            "result_storage": location, "out_dir": str(out_dir.resolve())})
-        run = RunState(run_id, config, make_result_storage(location), refresh, progress)
-        n_cells = len(plan_cells(config, prepared.windows))
-        progress.stages["stage1"].total = n_cells
-        progress.start()
-        try:
-            run.timings["flow_setup"] = time.perf_counter() - t_start
-            logger.info("data %s %dx%d; %d cells", dataset.source, dataset.n_days,
-                        dataset.n_assets, n_cells)
-            summary = _run_stages(run, inputs, out_dir, location, race_settings,
-                                  shared_storage=shared_storage)
-            # Outputs: statistics and charts are cached tasks keyed by the results' digest.
-            t0 = time.perf_counter()
-            results, returns = results_frame(summary["simulations"], run.cube, dataset, config)
-            run.timings["results_frame"] = time.perf_counter() - t0
-            manifest = {"run_id": run_id, "mode": "two-stage", "config": config.to_dict(),
-                        "config_digest": config.digest(), "data": dataset.describe(),
-                        "result_storage": location, "timings": run.timings,
-                        "cache": run.cache}
-            if summary["race"] is not None:
-                from tournament.race import annotate
-                results = annotate(results, summary["race_decisions"])
-                manifest["race"] = summary["race"]
-            results, status, published = write_outputs(run, out_dir, results, returns,
-                                                       manifest)
-            print(leaderboard_text(results, top=15))
-            return {"run_id": run_id, "status": status, "out": str(out_dir),
-                    FAILED: int((results["status"] == FAILED).sum()),
-                    "fallback_windows": int((run.cube.cells["status"] == FALLBACK).sum()),
-                    "timings": run.timings, "cache": run.cache, "flow_run_id": flow_run_id(),
-                    "race": summary["race"], "report": published.get("report")}
-        except BaseException:
-            run.fail()
-            raise
-        finally:
-            shutil.rmtree(out_dir / CUBE_HANDOVER, ignore_errors=True)
+    Returns the summary dict, or (strategies failed) a Completed state named
+    CompletedWithFailures holding it.
+    """
+    with flow_timeout(timeout_seconds):   # a parameter: Prefect's own is fixed at import
+        from tournament.leaderboard import leaderboard_text
+        from tournament.outputs import failed_strategy_lines
+        from tournament.stage2 import results_frame
+
+        quiet_library_logs()
+        logger = get_run_logger()
+        t_start = time.perf_counter()
+        # 1. Validate everything before any compute or any write (earlier outputs stay intact):
+        #    blocks loaded and merged under the explicit parameters, overrides typed, data
+        #    prepared (in the CLI's process it already was: prepare_run returns the same).
+        inputs = resolve_inputs(
+            config_path=config_path, fidelity=fidelity, data=data, data_kind=data_kind, days=days,
+            overrides=overrides, grid=grid, data_source=data_source, compute=compute,
+            ray_address=ray_address, result_storage=result_storage, num_cpus=num_cpus)
+        config = inputs.config()
+        race_settings = None
+        if race:
+            from tournament.race import RaceSettings
+            race_settings = RaceSettings(top_k=int(race_top_k), cap=float(race_cap),
+                                         min_tau=float(race_min_tau),
+                                         on_disagreement=race_on_disagreement)
+        prepared = prepare_run(config, data=inputs.data, data_kind=inputs.data_kind,
+                               days=inputs.days)
+        dataset = prepared.dataset
+        out_dir = run_out_dir(out, dated=dated_run_dirs)   # created only now, after validation
+        with run_dir_lock(out_dir):      # one writer per run directory (re-entrant with the CLI's)
+            location = str(inputs.result_storage or default_result_storage(DEFAULT_RESULT_STORAGE))
+            run_id = uuid.uuid4().hex[:12]
+            progress = RunProgress(out_dir, run_id, {
+                "config_digest": config.digest(), "data_fingerprint": dataset.fingerprint,
+                "result_storage": location, "out_dir": str(out_dir.resolve())})
+            run = RunState(run_id, config, make_result_storage(location), refresh, progress)
+            n_cells = len(plan_cells(config, prepared.windows))
+            progress.stages["stage1"].total = n_cells
+            progress.start()
+            try:
+                run.timings["flow_setup"] = time.perf_counter() - t_start
+                logger.info("data %s %dx%d; %d cells", dataset.source, dataset.n_days,
+                            dataset.n_assets, n_cells)
+                summary = _run_stages(run, inputs, out_dir, location, race_settings,
+                                      shared_storage=shared_storage)
+                # Outputs: statistics and charts are cached tasks keyed by the results' digest.
+                t0 = time.perf_counter()
+                results, returns = results_frame(summary["simulations"], run.cube, dataset, config)
+                run.timings["results_frame"] = time.perf_counter() - t0
+                manifest = {"run_id": run_id, "mode": "two-stage", "config": config.to_dict(),
+                            "config_digest": config.digest(), "data": dataset.describe(),
+                            "result_storage": location, "timings": run.timings,
+                            "cache": run.cache}
+                if summary["race"] is not None:
+                    from tournament.race import annotate
+                    results = annotate(results, summary["race_decisions"])
+                    manifest["race"] = summary["race"]
+                results, status, published = write_outputs(run, out_dir, results, returns,
+                                                           manifest)
+                print(leaderboard_text(results, top=15))
+                outcome = {"run_id": run_id, "status": status, "out": str(out_dir),
+                           FAILED: int((results["status"] == FAILED).sum()),
+                           "fallback_windows": int((run.cube.cells["status"] == FALLBACK).sum()),
+                           "timings": run.timings, "cache": run.cache,
+                           "flow_run_id": flow_run_id(), "race": summary["race"],
+                           "report": published.get("report")}
+            except BaseException:
+                run.fail()
+                raise
+            finally:
+                shutil.rmtree(out_dir / CUBE_HANDOVER, ignore_errors=True)
+        if dated_run_dirs:              # the run's outputs are all written: it may be `latest`
+            publish_run_dir(out_dir, keep=keep_run_dirs, logger=logger)
+        return final_state(outcome, failed_strategy_lines(results), logger)
 
 
 def _run_stages(run: RunState, inputs, out_dir: Path, location: str, race_settings, *,

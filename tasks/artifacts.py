@@ -4,7 +4,8 @@
 
 creates, linked to the current flow run:
   * table artifact    `<prefix>-leaderboard`  top strategies by Sharpe + baselines
-  * markdown artifact `<prefix>-summary`      summary, top strategies, failures, agreement
+  * markdown artifact `<prefix>-summary`      failed strategies (if any) with their reasons,
+                                              summary, top strategies, failures, agreement
   * markdown artifact `<prefix>-report`       the report in the UI: leaderboard and the
                                               charts as inline images (data: URIs)
 where <prefix> is the deployment's name (`quick-leaderboard`, `nightly-report`) or `cli` for
@@ -30,7 +31,8 @@ from typing import Any
 from tournament.leaderboard import leaderboard_columns, leaderboard_frame
 from tournament.report import (chart_images, confidence_view, leaderboard_table, load_run,
                                markdown_summary, write_report)
-from tournament.report.format import md_table
+from tournament.outputs import failed_strategy_lines
+from tournament.report.format import md, md_table
 from tournament.schema import REPORT_HTML
 
 # Total base64 bytes of charts inlined into the `-report` artifact (the API stores the
@@ -115,6 +117,15 @@ def report_markdown(run_dir: str | Path, charts: dict[str, str], *, top: int = 1
     return "\n".join(out)
 
 
+def failures_markdown(failures: list[str]) -> str:
+    """The failed strategies, one per line with its reason, ahead of the summary (what the
+    run's CompletedWithFailures state refers to); "" when none failed."""
+    if not failures:
+        return ""
+    return "\n".join([f"## {len(failures)} failed strategies (run state CompletedWithFailures)",
+                      "", *(f"- {md(line)}" for line in failures), "", ""])
+
+
 def publish_artifacts(run_dir: str, *, key_prefix: str | None = None, top: int = 20,
                       charts: dict[str, str] | None = None) -> dict[str, Any]:
     """Write report.html, then create the leaderboard table, the summary markdown and the
@@ -134,10 +145,15 @@ def publish_artifacts(run_dir: str, *, key_prefix: str | None = None, top: int =
         table=table, key=artifact_key(key_prefix, "leaderboard"),
         description=f"Top {top} strategies by Sharpe plus baselines ({run.resolve()})")
     # The confidence-set sentence leads the description too (the UI's artifact list shows it).
-    confidence = confidence_view(load_run(run))
+    loaded = load_run(run)
+    confidence = confidence_view(loaded)
     headline = f"{confidence['sentence']} " if confidence else ""
+    failures = failed_strategy_lines(loaded["results"]) if not loaded["results"].empty else []
+    if failures:
+        headline = f"{len(failures)} failed strategies. {headline}"
     md_id = create_markdown_artifact(
-        markdown=markdown_summary(run), key=artifact_key(key_prefix, "summary"),
+        markdown=failures_markdown(failures) + markdown_summary(run),
+        key=artifact_key(key_prefix, "summary"),
         description=f"{headline}Tournament summary; full report: {report.resolve()}")
     report_id = create_markdown_artifact(
         markdown=report_markdown(run, charts, report_path=str(report.resolve())),

@@ -111,6 +111,10 @@ def prefect_stack(tmp_path):
     env.update(PREFECT_HOME=str(home), PREFECT_API_URL=url,
                PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false",
                PREFECT_CLI_COLORS="false", PREFECT_CLI_WRAP_LINES="false",
+               # An enqueued run (deployment concurrency, ENQUEUE) retries its slot every 3 s
+               # rather than 30 s (tests/test_nightly_e2e.py); workers poll every 2 s.
+               PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="3",
+               PREFECT_WORKER_QUERY_SECONDS="2",
                PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     started: list[tuple[subprocess.Popen, object]] = []
 

@@ -174,8 +174,9 @@ def test_run_names_say_fidelity_data_and_days_as_the_run_uses_them(prefect_serve
     assert run_name_for({}) == f"tournament low sp500 {DEFAULT_SP500_DAYS}d"
     assert run_name_for({"fidelity": "medium", "data": "synthetic:300x20"}) == \
         "tournament medium synthetic:300x20 300d"
-    assert run_name_for({"config_path": NIGHTLY_TOML}, "nightly") == \
-        f"nightly high sp500 {DEFAULT_SP500_DAYS}d"
+    # The nightly config anchors its windows: the whole history, from its start.
+    assert run_name_for({"config_path": NIGHTLY_TOML, "data": "/feed/prices.parquet"},
+                        "nightly") == "nightly high prices.parquet all from 2018-03-26"
     assert run_name_for({"data": "/data/prices.csv", "days": None}) == "tournament low prices.csv all"
     assert run_name_for({"days": 0}) == "tournament low sp500 all"
     blocks = {"grid": TournamentGridBlock(fidelity="medium"),

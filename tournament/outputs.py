@@ -14,7 +14,8 @@ from .schema import (CACHE_KEYS, CELLS, CUBE_PICKLE, FAILED, FALLBACK, LEDGER, M
                      write_parquet)
 
 __all__ = ["write_json", "write_parquet", "write_run", "finalize_run", "update_manifest",
-           "run_summary", "compute_statistics", "preload_statistics_modules", "library_versions"]
+           "run_summary", "failed_strategy_lines", "compute_statistics",
+           "preload_statistics_modules", "library_versions"]
 
 LIBRARIES = ("numpy", "pandas", "scipy", "cvxpy", "clarabel", "skfolio", "cvxportfolio",
              "vectorbt", "nautilus_trader", "prefect", "prefect-ray", "ray", "pyarrow", "arch")
@@ -118,8 +119,15 @@ def run_summary(out_dir: str | Path) -> tuple[list[str], int]:
         lines.append(f"  fallback {pd.Timestamp(row.window_start).date()} {row.selection}/"
                      f"{row.engine}/{row.profile}: {row.policy} ({row.reason})")
     lines.append(f"failed strategies: {len(failed)}")
-    for row in failed.itertuples(index=False):
-        lines.append(f"  failed {row.selection}/{row.engine}/{row.profile}"
-                     f" [{row.rebalance}/{row.simulator}]: {row.reason}")
+    lines += [f"  {line}" for line in failed_strategy_lines(results)]
     return lines, len(failed)
+
+
+def failed_strategy_lines(results: pd.DataFrame) -> list[str]:
+    """One line per failed strategy with its first failed row's reason, e.g.
+    `failed all/custom/min_variance [window/custom]: EngineError: ...`."""
+    failed = results[results["status"] == FAILED].drop_duplicates(STRATEGY_KEYS)
+    return [f"failed {row.selection}/{row.engine}/{row.profile}"
+            f" [{row.rebalance}/{row.simulator}]: {row.reason}"
+            for row in failed.itertuples(index=False)]
 

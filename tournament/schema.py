@@ -47,6 +47,9 @@ BENCHMARK_SELECTION = BENCHMARK_KEY[0]
 OK, FAILED, UNSUPPORTED, FALLBACK = "ok", "failed", "unsupported", "fallback"
 STATUSES = (OK, FALLBACK, FAILED, UNSUPPORTED)
 TRADABLE = (OK, FALLBACK)      # statuses whose weights a strategy can trade
+# A whole run's end status (tournament_state.json "status"): both mean every output is written.
+RUN_COMPLETED, RUN_COMPLETED_WITH_FAILURES = "completed", "completed_with_failures"
+RUN_FINISHED = (RUN_COMPLETED, RUN_COMPLETED_WITH_FAILURES)
 
 # ----------------------------------------------------------------------------- files
 CUBE_PICKLE = "weights_cube.pkl"
