@@ -123,11 +123,49 @@ def stage1_plan(config, dataset, windows) -> tuple[list[Chunk], dict[str, dict]]
                                    slice_fingerprint=slices[c.window], config=config)
             unit_keys.append(cache_key(parts))
             cell_parts[unit_keys[-1]] = parts
-        # An unsupported cell is named, so its recorded reason belongs to this chunk's key.
-        parts = stage1_chunk_parts([k or f"unsupported {c.engine}/{c.profile}"
-                                    for k, c in zip(unit_keys, cells)])
-        out.append(Chunk(name, cells, cache_key(parts), parts, unit_keys))
+        out.append(cell_chunk(name, cells, unit_keys))
     return out, cell_parts
+
+
+def cell_chunk(name: str, cells: list, unit_keys: list) -> Chunk:
+    """A Stage 1 chunk of `cells` (their keys aligned), keyed by its cells' keys. An
+    unsupported cell is named, so its recorded reason belongs to this chunk's key."""
+    parts = stage1_chunk_parts([k or f"unsupported {c.engine}/{c.profile}"
+                                for k, c in zip(unit_keys, cells)])
+    return Chunk(name, cells, cache_key(parts), parts, unit_keys)
+
+
+def split_partly_stored(chunks: list[Chunk], exists, *, n_assets: int) -> list[Chunk]:
+    """Stage 1's chunks with the cells that must be solved gathered apart (`exists(key)`: is
+    that key in result storage).
+
+    A chunk stored whole, or with every cell stored, or with none, is kept. The others (e.g.
+    every chunk holding all windows of a strategy, the night a window is appended) are split:
+    their stored and unsupported cells become ONE chunk that computes nothing (replayed in
+    this process), and their missing cells are packed together into chunks of about
+    TARGET_CHUNK_SECONDS. So a night's few new cells take a task or two, not one per old
+    chunk, and no stored cell is solved again whatever the grouping."""
+    keep, stored_part, missing = [], [], []
+    for chunk in chunks:
+        if exists(chunk.key):
+            keep.append(chunk)
+            continue
+        found = [k is None or exists(k) for k in chunk.unit_keys]
+        if all(found) or not any(k is not None and f for k, f in zip(chunk.unit_keys, found)):
+            keep.append(chunk)
+            continue
+        for cell, key, is_stored in zip(chunk.members, chunk.unit_keys, found):
+            (stored_part if is_stored else missing).append((cell, key))
+    out = list(keep)
+    if stored_part:
+        out.append(cell_chunk("stored cells", *map(list, zip(*stored_part))))
+    per_cell = estimated_cell_seconds(n_assets)
+    size = max(1, int(TARGET_CHUNK_SECONDS / per_cell))
+    missing.sort(key=lambda m: (m[0].selection, m[0].engine, m[0].profile, m[0].window))
+    for i in range(0, len(missing), size):
+        piece = missing[i:i + size]
+        out.append(cell_chunk(f"new cells #{i // size}", *map(list, zip(*piece))))
+    return out
 
 
 def stage2_chunks(keys, simulator: str) -> list[tuple[str, list]]:

@@ -18,9 +18,9 @@ from tournament.schema import CUBE_PICKLE
 from .locking import run_dir_lock
 from .plan import stage1_plan
 from .ray_runner import LazyRayTaskRunner
-from .stage_run import (current, ensure_current_ray, is_cached, run_chunks, stage_counts,
-                        stage_docstring, stage_run_for, StageRun,
-                        stored_chunks)
+from .stage_run import (current, ensure_current_ray, is_cached, run_chunks, split_stored,
+                        stage_counts, stage_docstring, stage_run_for,
+                        StageRun, stored_chunks)
 
 
 @stage_docstring(
@@ -79,6 +79,7 @@ def _solve_cells(stage: StageRun, solve_chunk) -> dict[str, int]:
     inside a chunk that ran) and `unsupported` (never solved), beside the task counts."""
     cfg, ds, windows = stage.config, stage.dataset, stage.windows
     chunks, cell_parts = stage1_plan(cfg, ds, windows)
+    chunks = split_stored(stage, chunks)
     stored = stored_chunks(stage, chunks)
     task = solve_chunk.with_options(result_storage=stage.storage, refresh_cache=stage.refresh)
     stage.key_parts.update(cell_parts)      # cache_keys.json explains cells, not chunks

@@ -26,7 +26,7 @@ from tournament.cube import WeightsCube
 from tournament.schema import FAILED, UNSUPPORTED
 
 from .inputs import PreparedRun, prepare_run
-from .plan import DEFAULT_RESULT_STORAGE, Chunk, replayable, stored_key
+from .plan import DEFAULT_RESULT_STORAGE, Chunk, replayable, split_partly_stored, stored_key
 from .progress import RunProgress, StageCounts
 from .runtime import (check_cluster_reachability, check_storage_reaches_all_nodes,
                       default_result_storage, init_ray, make_result_storage, prewarm_workers,
@@ -245,6 +245,22 @@ def stored_chunks(stage: StageRun, chunks: list[Chunk]) -> set[str]:
     from prefect.results import ResultStore
     store = ResultStore(result_storage=stage.storage)
     return replayable(chunks, lambda key: store.exists(stored_key(key)))
+
+
+def split_stored(stage: StageRun, chunks: list[Chunk]) -> list[Chunk]:
+    """Stage 1's chunks with the cells to solve gathered apart (flows.plan.split_partly_stored;
+    unchanged with --refresh, which recomputes everything)."""
+    if stage.refresh or not chunks:
+        return chunks
+    from prefect.results import ResultStore
+    store = ResultStore(result_storage=stage.storage)
+    known: dict[str, bool] = {}
+
+    def exists(key: str) -> bool:
+        if key not in known:
+            known[key] = store.exists(stored_key(key))
+        return known[key]
+    return split_partly_stored(chunks, exists, n_assets=stage.dataset.n_assets)
 
 
 def run_chunks(task, chunks: list[Chunk], stored: set[str], *, local_args, ray_args,
