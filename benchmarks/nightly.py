@@ -44,13 +44,22 @@ def run(args: list[str], env: dict, cwd: Path) -> dict:
     t0 = time.time()
     proc = subprocess.run(CLI + args, env=env, cwd=cwd, capture_output=True, text=True)
     wall = time.time() - t0
+    if os.environ.get("NIGHTLY_BENCH_LOGS"):          # diagnostics: keep each run's stderr
+        log = Path(os.environ["NIGHTLY_BENCH_LOGS"]) / (Path(args[args.index("--out") + 1]).name
+                                                       + ".log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(proc.stderr)
     if proc.returncode not in (0, 3):
         raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
     out = Path(args[args.index("--out") + 1])
     manifest = json.loads((out / "manifest.json").read_text())
     timings = manifest["timings"]
     phases = {k: round(v, 2) for k, v in timings.items() if isinstance(v, (int, float))}
+    tasks = [line.split(" - ")[0].split("Task run '")[-1].rstrip("'") + " " +
+             line.rsplit("in state ", 1)[-1] for line in proc.stderr.splitlines()
+             if "Task run 'stage1" in line and "Finished in state" in line]
     return {"wall": wall, "phases": phases, "cache": manifest.get("cache"),
+            "parallel": timings.get("parallel"), "stage1_tasks": tasks,
             "first_line": (proc.stderr.splitlines() or [""])[0]}
 
 
@@ -96,6 +105,7 @@ def main() -> int:
             r = res[name]
             print(f"{name:8s} wall {r['wall']:7.1f} s  cache {json.dumps(r['cache'])}")
             print("         phases " + ", ".join(f"{k} {v}" for k, v in r["phases"].items()))
+            print("         parallel " + json.dumps(r["parallel"]))
         print(f"nightly / cold = {res['ratio']:.3f} (acceptance <= 0.35)")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=2, default=str))

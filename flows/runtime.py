@@ -250,7 +250,7 @@ def prewarm_workers(simulators=(), engines=()) -> list:
     for it (returns refs; nobody needs to wait on them)."""
     import ray
 
-    from tournament.registry import module_of
+    from tournament.registry import warm_modules
 
     @ray.remote(num_cpus=1)
     def warm(modules, vectorbt: bool):
@@ -267,8 +267,8 @@ def prewarm_workers(simulators=(), engines=()) -> list:
         return {"pid": os.getpid(), "imports": t1 - t0, "numba": t2 - t1}
 
     modules = ["prefect", "prefect.task_engine", "tasks.stage1", "tasks.stage2"]
-    modules += [module_of("engine", e) for e in engines]
-    modules += [module_of("simulator", s) for s in simulators]
+    modules += [m for e in engines for m in warm_modules("engine", e)]
+    modules += [m for s in simulators for m in warm_modules("simulator", s)]
     n = int(ray.cluster_resources().get("CPU", 1))
     refs = [warm.remote(modules, "vectorbt" in simulators) for _ in range(n)]
     _WARMUPS[:] = refs

@@ -83,6 +83,13 @@ def get_simulator(name: str):
     return with_simulator_faults(simulator) if simulator_faults_active() else simulator
 
 
+def warm_modules(kind: str, name: str) -> list[str]:
+    """What a worker imports to be ready for an engine/simulator: its module and the
+    libraries it imports lazily (its class's `warm_imports`). Imports its module, not them."""
+    table = {"engine": ENGINES, "simulator": SIMULATORS}[kind]
+    return [module_of(kind, name), *_load(table[name]).warm_imports]
+
+
 def module_of(kind: str, name: str) -> str:
     """Module path implementing an engine/simulator (for code-version digests)."""
     table = {"engine": ENGINES, "simulator": SIMULATORS}[kind]

@@ -64,6 +64,9 @@ class Engine:
     PROFILE_METHODS: ClassVar[dict[str, str]]
     supported_profiles: ClassVar[frozenset[str]]       # derived from PROFILE_METHODS
     applies_max_weight: ClassVar[bool] = True
+    # Libraries the engine imports lazily (inside its methods, so listing engines stays
+    # light): a Ray worker warm-up imports them before the first cell, not during it.
+    warm_imports: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

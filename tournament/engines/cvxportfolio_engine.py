@@ -86,6 +86,7 @@ def _recording_spo(cvx):
 
 class CvxportfolioEngine(Engine):
     name = "cvxportfolio"
+    warm_imports = ("cvxportfolio",)
     PROFILE_METHODS = {"equal_weight": "_equal_weight", "min_variance": "_min_variance"}
 
     def _equal_weight(self, train: np.ndarray, params: EngineParams) -> EngineOutput:

@@ -67,6 +67,8 @@ def _status(model) -> str:
 
 class SkfolioEngine(Engine):
     name = "skfolio"
+    warm_imports = ("skfolio.optimization", "skfolio.moments", "skfolio.prior",
+                    "skfolio.measures")
     PROFILE_METHODS = {"equal_weight": "_equal_weight", "min_variance": "_min_variance",
                        "max_sharpe": "_max_sharpe", "risk_parity": "_risk_parity",
                        "hrp": "_hrp"}

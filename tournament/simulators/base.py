@@ -119,6 +119,8 @@ class StrategyPath:
 class Simulator:
     name: ClassVar[str]
     code_version: ClassVar[str] = "1"
+    # Libraries imported lazily by the simulator, imported by a Ray worker's warm-up.
+    warm_imports: ClassVar[tuple[str, ...]] = ()
 
 
 class BatchSimulator(Simulator):

@@ -124,6 +124,7 @@ class Prepared:
 
 class CvxportfolioSimulator(PerStrategySimulator):
     name = "cvxportfolio"
+    warm_imports = ("cvxportfolio",)
     code_version = "1"
     shift_returns: bool = True     # False only to demonstrate the look-ahead (tests)
 

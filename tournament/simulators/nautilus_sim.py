@@ -238,6 +238,7 @@ class Prepared:
 
 class NautilusSimulator(PerStrategySimulator):
     name = "nautilus"
+    warm_imports = ("nautilus_trader.backtest.engine", "nautilus_trader.model.instruments")
     code_version = "1"
 
     def prepare(self, market: Market, orders: Orders) -> Prepared:
