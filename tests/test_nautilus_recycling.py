@@ -35,10 +35,14 @@ def setup(sp500):
 
 
 def _chunk(setup, keys, rebalance):
-    from tasks.stage2 import simulate_chunk
+    """What a Stage 2 nautilus task does with its missing simulations (tasks/stage2.py
+    simulate_chunk: the per-process count from the environment, then simulate_recycled)."""
+    from tasks.stage2 import backtests_per_process, simulate_recycled
     ds, config, cube, _ = setup
-    return simulate_chunk.fn(ds.returns, ds.dates, cube, keys, config, rebalance=rebalance,
-                             simulator="nautilus", chunk_name="t", cache_key="t", key_parts={})
+    result, workers = simulate_recycled(ds.returns, ds.dates, cube, keys, rebalance=rebalance,
+                                        simulator="nautilus", config=config,
+                                        per_process=backtests_per_process("nautilus"))
+    return {"result": result, "workers": workers}
 
 
 def test_backtest_processes_are_recycled_every_n_and_memory_stays_bounded(setup, monkeypatch):
@@ -74,16 +78,16 @@ def test_backtest_processes_are_recycled_every_n_and_memory_stays_bounded(setup,
 def test_recycling_inside_a_ray_worker(setup, ray_session):
     import ray
 
-    from tasks.stage2 import simulate_chunk
+    from tasks.stage2 import backtests_per_process, simulate_recycled
     ds, config, cube, keys = setup
 
     @ray.remote(num_cpus=1)
     def stage2_task(returns, dates, cube, keys, config):
         os.environ["TOURNAMENT_NAUTILUS_BACKTESTS_PER_PROCESS"] = "2"
-        out = simulate_chunk.fn(returns, dates, cube, keys, config, rebalance="window",
-                                simulator="nautilus", chunk_name="t", cache_key="t",
-                                key_parts={})
-        return os.getpid(), out
+        result, workers = simulate_recycled(returns, dates, cube, keys, rebalance="window",
+                                            simulator="nautilus", config=config,
+                                            per_process=backtests_per_process("nautilus"))
+        return os.getpid(), {"result": result, "workers": workers}
 
     ray_pid, out = ray.get(stage2_task.remote(ds.returns, ds.dates, cube, keys[:4], config))
     pids = [w["pid"] for w in out["workers"]]
