@@ -118,8 +118,9 @@ def simulate(run_dir: str, simulators: list[str] | None = None,
             two = stage2_flow.with_options(task_runner=runner)(
                 config=config.to_dict(), **spec, run_dir=str(out_dir),
                 result_storage=location, pairs=pairs, benchmarks=inputs.benchmarks,
-                refresh=refresh, ray_address=ray_address, num_cpus=num_cpus,
-                shared_storage=shared_storage, progress=progress_state(progress),
+                refresh=refresh, compute={"ray_address": ray_address, "num_cpus": num_cpus,
+                                          "shared_storage": shared_storage},
+                progress=progress_state(progress),
                 label=f"{n_ok} strategies x {len(pairs)} pairs (simulate)")
             run.timings["stage2"] = time.perf_counter() - t0
             run.adopt("stage2", two)

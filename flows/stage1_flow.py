@@ -40,14 +40,12 @@ def _stage1(config: dict[str, Any] | None = None, data: str = "sp500",
             data_kind: str = "prices", days: int | None = None,
             run_dir: str | None = None, result_storage: str | None = None,
             refresh: bool = False, config_path: str | None = None,
-            overrides: dict[str, Any] | None = None, ray_address: str | None = None,
-            num_cpus: int | None = None, shared_storage: bool = False,
+            overrides: dict[str, Any] | None = None, compute: dict[str, Any] | None = None,
             cube_dir: str | None = None, progress: dict[str, Any] | None = None,
             label: str = "") -> dict:
     stage = stage_run_for(locals())
-    from tasks.stage1 import solve_chunk
     with current(stage):
-        cache = _solve_cells(stage, solve_chunk)
+        cache = _solve_cells(stage)
     written = None
     if run_dir:
         with run_dir_lock(run_dir):
@@ -73,10 +71,11 @@ stage1_flow = flow(name="stage1-weights-cube", flow_run_name="stage1 {label}",
                    task_runner=LazyRayTaskRunner(ensure_ray=ensure_current_ray))(_stage1)
 
 
-def _solve_cells(stage: StageRun, solve_chunk) -> dict[str, int]:
+def _solve_cells(stage: StageRun) -> dict[str, int]:
     """Solve every chunk into `stage.cube`; returns the cache counts, in cells: `computed`
     (solved now), `cached` (a stored result reused: a Cached chunk's, or a stored cell's
     inside a chunk that ran) and `unsupported` (never solved), beside the task counts."""
+    from tasks.stage1 import solve_chunk
     cfg, ds, windows = stage.config, stage.dataset, stage.windows
     chunks, cell_parts = stage1_plan(cfg, ds, windows)
     chunks = split_stored(stage, chunks)

@@ -48,8 +48,7 @@ def _stage2(config: dict[str, Any] | None = None, data: str = "sp500",
             pairs: list[list[str]] | None = None, benchmarks: list[str] | None = None,
             race: dict[str, Any] | None = None,
             refresh: bool = False, config_path: str | None = None,
-            overrides: dict[str, Any] | None = None, ray_address: str | None = None,
-            num_cpus: int | None = None, shared_storage: bool = False,
+            overrides: dict[str, Any] | None = None, compute: dict[str, Any] | None = None,
             cube_dir: str | None = None, progress: dict[str, Any] | None = None,
             label: str = "") -> dict:
     stage = stage_run_for(locals())

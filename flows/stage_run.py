@@ -23,6 +23,7 @@ from prefect.futures import as_completed
 
 from tournament.config import TournamentConfig, config_from_dict
 from tournament.cube import WeightsCube
+from tournament.errors import ConfigError
 from tournament.schema import FAILED, UNSUPPORTED
 
 from .inputs import PreparedRun, prepare_run
@@ -116,9 +117,9 @@ STAGE_ARGS = {
     "refresh": "ignore stored results and recompute.",
     "config_path": "TOML config file (when `config` is None).",
     "overrides": "flat config overrides (when `config` is None), e.g. {\"engines\": [\"custom\"]}.",
-    "ray_address": "existing Ray cluster.",
-    "num_cpus": "local Ray CPUs.",
-    "shared_storage": "a local result storage path is shared by every cluster node.",
+    "compute": "where the stage computes: {\"ray_address\": an existing Ray cluster, "
+               "\"num_cpus\": local Ray CPUs, \"shared_storage\": true when a local result "
+               "storage path is shared by every cluster node}; None = local Ray, all CPUs.",
     "progress": "the run's progress (flows.stage_run.progress_state), continued in the run "
                 "directory's tournament_state.json; None = a progress bar only.",
     "label": "shown in the flow run's name.",
@@ -220,12 +221,19 @@ def stage_run_for(parameters: dict[str, Any]) -> StageRun:
     stage flows share these names), the config resolved from `config` or `config_path` +
     `overrides`."""
     p = parameters
+    compute = dict(p["compute"] or {})
+    unknown = set(compute) - {"ray_address", "num_cpus", "shared_storage"}
+    if unknown:
+        raise ConfigError(f"stage parameter compute: unknown keys {sorted(unknown)}; valid: "
+                          "ray_address, num_cpus, shared_storage")
     config = resolve_config(p["config"], p["config_path"], p["overrides"])
     return build_stage_run(config=config, data=p["data"], data_kind=p["data_kind"],
                            days=p["days"], run_dir=p["run_dir"],
                            result_storage=p["result_storage"], refresh=p["refresh"],
-                           ray_address=p["ray_address"], num_cpus=p["num_cpus"],
-                           shared_storage=p["shared_storage"], progress=p["progress"])
+                           ray_address=compute.get("ray_address"),
+                           num_cpus=compute.get("num_cpus"),
+                           shared_storage=bool(compute.get("shared_storage")),
+                           progress=p["progress"])
 
 
 # ----------------------------------------------------------------------------- chunks

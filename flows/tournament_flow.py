@@ -215,8 +215,9 @@ def _run_stages(run: RunState, inputs, out_dir: Path, location: str, race_settin
     runner = LazyRayTaskRunner(ensure_ray=ensure_current_ray, address=inputs.ray_address)
     params = {"config": config.to_dict(), "data": inputs.data, "data_kind": inputs.data_kind,
               "days": inputs.days, "run_dir": str(out_dir), "result_storage": location,
-              "refresh": run.refresh, "ray_address": inputs.ray_address,
-              "num_cpus": inputs.num_cpus, "shared_storage": shared_storage,
+              "refresh": run.refresh,
+              "compute": {"ray_address": inputs.ray_address, "num_cpus": inputs.num_cpus,
+                          "shared_storage": shared_storage},
               "cube_dir": str(out_dir / CUBE_HANDOVER)}
     n_cells = run.progress.stages["stage1"].total
     t0 = time.perf_counter()
