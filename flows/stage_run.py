@@ -53,6 +53,19 @@ class StageRun:
     warmups: list = field(default_factory=list)
     parallel: dict[str, float] = field(default_factory=dict)   # overlapped timings
     key_parts: dict[str, dict] = field(default_factory=dict)
+    # Storage look-ups made before submitting (key -> stored?): Stage 1's split and its
+    # replay decision ask about the same keys; one stage never writes before both asked.
+    stored_lookups: dict[str, bool] = field(default_factory=dict)
+    result_store: Any = None
+
+    def is_stored(self, key: str) -> bool:
+        """Whether `key` (a chunk's or a unit's) has a result in storage, asked once."""
+        if key not in self.stored_lookups:
+            if self.result_store is None:
+                from prefect.results import ResultStore
+                self.result_store = ResultStore(result_storage=self.storage)
+            self.stored_lookups[key] = self.result_store.exists(stored_key(key))
+        return self.stored_lookups[key]
 
     @property
     def config(self) -> TournamentConfig:
@@ -250,9 +263,7 @@ def stored_chunks(stage: StageRun, chunks: list[Chunk]) -> set[str]:
     process; the others go to Ray."""
     if stage.refresh or not chunks:
         return set()
-    from prefect.results import ResultStore
-    store = ResultStore(result_storage=stage.storage)
-    return replayable(chunks, lambda key: store.exists(stored_key(key)))
+    return replayable(chunks, stage.is_stored)
 
 
 def split_stored(stage: StageRun, chunks: list[Chunk]) -> list[Chunk]:
@@ -260,15 +271,7 @@ def split_stored(stage: StageRun, chunks: list[Chunk]) -> list[Chunk]:
     unchanged with --refresh, which recomputes everything)."""
     if stage.refresh or not chunks:
         return chunks
-    from prefect.results import ResultStore
-    store = ResultStore(result_storage=stage.storage)
-    known: dict[str, bool] = {}
-
-    def exists(key: str) -> bool:
-        if key not in known:
-            known[key] = store.exists(stored_key(key))
-        return known[key]
-    return split_partly_stored(chunks, exists, n_assets=stage.dataset.n_assets)
+    return split_partly_stored(chunks, stage.is_stored, n_assets=stage.dataset.n_assets)
 
 
 def run_chunks(task, chunks: list[Chunk], stored: set[str], *, local_args, ray_args,
