@@ -206,12 +206,8 @@ def run_cli(args: list[str], env: dict, cwd: Path) -> dict:
 
 
 def measure_runs(work: Path) -> dict:
-    base = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_URL")}
-    base.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(REPO),
-                NUMBA_CACHE_DIR=str(REPO / ".numba-cache"),
-                TOURNAMENT_SERVICES_DIR=str(work / "services"),
-                PREFECT_HOME=str(work / "prefect-home"))
-    temporary = {**base, "TOURNAMENT_NO_ATTACH": "1"}
+    from isolation import isolated_env, services_up
+    temporary, attached = isolated_env(work, attach=False), isolated_env(work, attach=True)
     out = {}
     # One throwaway run: the first boot of this PREFECT_HOME creates its database.
     print("== warm-up (first boot of the Prefect home)", file=sys.stderr, flush=True)
@@ -223,17 +219,10 @@ def measure_runs(work: Path) -> dict:
         out[name] = run_cli(grid + ["--result-storage", str(work / f"s-{name}"),
                                     "--out", str(work / f"r-{name}")], temporary, work)
         print(f"   wall {out[name]['wall']:.1f} s", file=sys.stderr, flush=True)
-    attached = {k: v for k, v in base.items() if k != "TOURNAMENT_NO_ATTACH"}
-    up = subprocess.run(CLI + ["up", "--prefect-port", "4293", "--ray-port", "6393"],
-                        env=attached, cwd=work, capture_output=True, text=True)
-    if up.returncode != 0:
-        raise RuntimeError(up.stderr)
-    try:
+    with services_up(attached, work, prefect_port=4293, ray_port=6393):
         print("== up", file=sys.stderr, flush=True)
         out["up"] = run_cli(FIT_GRIDS[UP_GRID] + ["--result-storage", str(work / "s-up"),
                                                   "--out", str(work / "r-up")], attached, work)
-    finally:
-        subprocess.run(CLI + ["down"], env=attached, cwd=work, capture_output=True)
     return out
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+from isolation import isolated_env, services_up  # noqa: E402
 from run_benchmarks import GRIDS, compute_floor, grid_args  # noqa: E402
 
 CLI = [sys.executable, "-m", "flows.cli"]
@@ -66,13 +67,7 @@ def main() -> int:
     args = p.parse_args()
     grids = args.grids.split(",")
     work = Path(tempfile.mkdtemp(prefix="tournament-fixed-cost-"))
-    base = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_URL")}
-    base.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(REPO),
-                NUMBA_CACHE_DIR=str(REPO / ".numba-cache"),
-                TOURNAMENT_SERVICES_DIR=str(work / "services"),
-                PREFECT_HOME=str(work / "prefect-home"))
-    temporary = {**base, "TOURNAMENT_NO_ATTACH": "1"}
-    attached = {k: v for k, v in base.items() if k != "TOURNAMENT_NO_ATTACH"}
+    temporary, attached = isolated_env(work, attach=False), isolated_env(work, attach=True)
     res: dict = {"cores": os.cpu_count(), "machine_state": (
         "fresh Prefect home for this benchmark; numba cache and Python bytecode as left by "
         "earlier runs on this machine")}
@@ -93,22 +88,12 @@ def main() -> int:
                                                     str(work / "run-legacy")], temporary)
         step("temporary_default_cold", DEFAULT + storage("temp"), temporary)
         step("temporary_default_warm", DEFAULT + storage("temp"), temporary)
-        t0 = time.time()
-        up = subprocess.run(CLI + ["up", "--prefect-port", "4287", "--ray-port", "6387"],
-                            env=attached, cwd=work, capture_output=True, text=True)
-        res["up_seconds"] = time.time() - t0
-        if up.returncode != 0:
-            raise RuntimeError(up.stderr)
-        try:
+        with services_up(attached, work, prefect_port=4287, ray_port=6387, timings=res):
             step("up_default_cold", DEFAULT + storage("up"), attached)
             step("up_default_warm", DEFAULT + storage("up"), attached)
             if "large" in grids:
                 step("up_large_cold", LARGE + storage("large"), attached)
                 step("up_large_warm", LARGE + storage("large"), attached)
-        finally:
-            t0 = time.time()
-            subprocess.run(CLI + ["down"], env=attached, cwd=work, capture_output=True)
-            res["down_seconds"] = time.time() - t0
         if "large" in grids:
             step("large_legacy", LARGE + ["--mode", "legacy", "--out",
                                           str(work / "run-large-legacy")], temporary)

@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "flows.cli"]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from isolation import CLI, isolated_env, services_up  # noqa: E402
 GRID = ["--fidelity", "medium", "--selections", "all,momentum,low_vol",
         "--engines", "custom,skfolio,cvxportfolio",
         "--profiles", "equal_weight,min_variance,max_sharpe,risk_parity,hrp",
@@ -72,12 +73,7 @@ def main() -> int:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "nightly.json"))
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tournament-nightly-"))
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PREFECT_API_URL", "PREFECT_UI_URL", "TOURNAMENT_NO_ATTACH")}
-    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(REPO),
-               NUMBA_CACHE_DIR=str(REPO / ".numba-cache"),
-               TOURNAMENT_SERVICES_DIR=str(work / "services"),
-               PREFECT_HOME=str(work / "prefect-home"))
+    env = isolated_env(work, attach=True)
     prices = work / "prices.parquet"
     source = f"synthetic:{args.assets}"
     grown = grow_prices.grow(prices, init=args.days, source=source)
@@ -88,18 +84,12 @@ def main() -> int:
                  "append": args.append, "grid": GRID,
                  "machine_state": "fresh Prefect home and result storage; services up"}
     try:
-        up = subprocess.run(CLI + ["up", "--prefect-port", "4288", "--ray-port", "6388"],
-                            env=env, cwd=work, capture_output=True, text=True)
-        if up.returncode != 0:
-            raise RuntimeError(up.stderr)
-        try:
+        with services_up(env, work, prefect_port=4288, ray_port=6388):
             print("== cold", file=sys.stderr, flush=True)
             res["cold"] = run(command + ["--out", str(work / "cold")], env, work)
             grow_prices.grow(prices, append=args.append, source=source)
             print("== nightly (+%d days)" % args.append, file=sys.stderr, flush=True)
             res["nightly"] = run(command + ["--out", str(work / "nightly")], env, work)
-        finally:
-            subprocess.run(CLI + ["down"], env=env, cwd=work, capture_output=True)
         res["ratio"] = res["nightly"]["wall"] / res["cold"]["wall"]
         for name in ("cold", "nightly"):
             r = res[name]

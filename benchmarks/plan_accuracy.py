@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from fit_cost_model import CLI, machine, run_cli  # noqa: E402
+from isolation import isolated_env  # noqa: E402
 from run_benchmarks import GRIDS, grid_args  # noqa: E402
 
 LARGE = grid_args(GRIDS["large"], "medium")
@@ -116,10 +117,7 @@ def main() -> int:
                                              "plan_accuracy.json"))
     out_path = Path(parser.parse_args().out)
     work = Path(tempfile.mkdtemp(prefix="tournament-plan-acc-"))
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_URL")}
-    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(REPO),
-               NUMBA_CACHE_DIR=str(REPO / ".numba-cache"),
-               TOURNAMENT_NO_ATTACH="1", PREFECT_HOME=str(work / "prefect-home"))
+    env = isolated_env(work, attach=False)
     report: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                    time.gmtime()),
                     "state_before": load_state(), "grids": {}}
