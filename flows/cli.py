@@ -317,8 +317,9 @@ def main(argv: list[str] | None = None) -> int:
             print(format_comparison(compare_runs(args.run_a, args.run_b), limit=args.limit))
             return EXIT_OK
         if args.command == "verify-ledger":
-            from tournament.ledger import LEDGER_FILE, verify_ledger
-            report = verify_ledger(Path(args.run_dir) / LEDGER_FILE)
+            from tournament.ledger import verify_ledger
+            from tournament.schema import LEDGER
+            report = verify_ledger(Path(args.run_dir) / LEDGER)
             print(report.summary())
             return EXIT_OK if report.ok else EXIT_CRASH
     except TournamentError as exc:

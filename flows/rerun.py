@@ -189,8 +189,8 @@ def _frame(path: Path) -> pd.DataFrame:
 
 
 def _check_ledger(run: Path, manifest: dict) -> None:
-    from tournament.ledger import LEDGER_FILE, verify_ledger
-    path = run / LEDGER_FILE
+    from tournament.ledger import verify_ledger
+    path = run / LEDGER
     if not path.exists():
         return
     report = verify_ledger(path, expected_head=manifest.get("ledger_head"))

@@ -56,7 +56,6 @@ def find_run_dirs(roots: list[str | Path], max_depth: int = 3) -> list[Path]:
 
 
 def read_past_run(path: Path) -> PastRun | None:
-    import pandas as pd
     try:
         run = RunDir(path)
         manifest = run.json(MANIFEST, required=True)

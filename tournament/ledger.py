@@ -49,13 +49,12 @@ from typing import Any
 
 import pandas as pd
 
-from .schema import FAILED, FALLBACK, LEDGER, OK, RESULT_KEYS, STRATEGY_KEYS, UNSUPPORTED
+from .schema import FAILED, FALLBACK, OK, RESULT_KEYS, STRATEGY_KEYS, UNSUPPORTED
 
 GENESIS = "0" * 64
 KINDS = ("cell", "simulation")
 CORE_STATUSES = (OK, FAILED, UNSUPPORTED)     # an intent's outcome (a fallback cell is ok)
 STATUSES = (*CORE_STATUSES, FALLBACK)
-LEDGER_FILE = LEDGER   # kept: the CLI and rerun import it by this name
 
 __all__ = ["Ledger", "LedgerError", "LedgerReport", "verify_ledger", "write_ledger_for_run",
            "cell_key", "simulation_key", "entry_hash", "GENESIS"]
