@@ -123,22 +123,20 @@ def _cache_line(cache: dict) -> str:
     return "; ".join(f"{stage} {line}" for stage, line in cache_lines(cache))
 
 
-def _stage1_needs_compute(args, config, dataset) -> bool:
-    """Whether any Stage 1 chunk would solve a cell (neither it nor all its cells are in
-    (local) result storage); remote storage and --refresh count as yes. Decides whether Ray starts eagerly, beside the server boot."""
-    if args.refresh:
-        return True
-    from flows.plan import stage1_plan, uncached_count
-    from tournament.windows import windows_for
-    chunks, _ = stage1_plan(config, dataset, windows_for(dataset, config.windows))
-    missing = uncached_count(chunks, args.result_storage)
-    return missing is None or missing > 0
+def _expects_compute(args, config, dataset) -> bool:
+    """Whether the run should start Ray (and warm its workers) before it knows: unless the
+    same run completed on this local result storage before (flows.plan.expects_compute).
+    Ray then starts beside the server's boot, or right after attaching to services."""
+    from flows.plan import expects_compute, run_digest
+    return expects_compute(args.result_storage,
+                           run_digest(config, dataset, raced=bool(args.race)),
+                           refresh=args.refresh)
 
 
 def _run_two_stage(args, config, dataset, overrides: dict, out: str, clock: RunClock) -> int:
     from flows.runtime import hide_run_links
     with _services(args, clock, simulators=config.simulators, engines=config.engines,
-                   needs_compute=lambda: _stage1_needs_compute(args, config, dataset)) as svc:
+                   needs_compute=lambda: _expects_compute(args, config, dataset)) as svc:
         from flows.tournament_flow import tournament
         if svc["ui_url"] is None:
             hide_run_links()        # a temporary server's links die with the run
@@ -169,7 +167,7 @@ def _services(args, clock: RunClock, *, simulators, engines, needs_compute):
     from contextlib import nullcontext
 
     from flows import services
-    from flows.runtime import init_ray, prewarm_workers, quiet_library_logs, temporary_services
+    from flows.runtime import quiet_library_logs, start_compute, temporary_services
     quiet_library_logs()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     attached = services.find_running_services(explicit_api_url=_configured_api_url(),
@@ -190,14 +188,22 @@ def _services(args, clock: RunClock, *, simulators, engines, needs_compute):
         if ray_address and not args.ray_address:
             os.environ.setdefault("RAY_AUTH_MODE", "token")   # `up` keeps Ray's token auth on
         context = nullcontext(attached.api_url)
+        eager = needs_compute()
+        clock.lap("plan")
+        if eager:
+            # Attach to Ray now (counted in services_start): the workers of this run (a new
+            # Ray job: new processes) start and import behind the Prefect import, the flow's
+            # start and its planning.
+            start_compute(ray_address, num_cpus=args.num_cpus, simulators=simulators,
+                          engines=engines)
     else:
         if attached is not None and attached.note:
             _say(attached.note)
         _say("tournament: temporary Prefect server and Ray for this run; the Prefect UI closes "
              "with the run (`tournament up` keeps one running)")
         def start_ray():
-            init_ray(args.ray_address, num_cpus=args.num_cpus)
-            prewarm_workers(simulators, engines)
+            start_compute(args.ray_address, num_cpus=args.num_cpus, simulators=simulators,
+                          engines=engines)
 
         eager = needs_compute()
         clock.lap("plan")

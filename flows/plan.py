@@ -12,9 +12,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tournament.keys import (cache_key, cell_key_parts, horizon_fingerprint,
-                             simulation_key_parts, slice_fingerprint, stage1_chunk_parts,
-                             stage2_key_parts)
+from tournament.config import digest_of
+from tournament.keys import (cache_key, cell_key_parts, engine_code_version,
+                             horizon_fingerprint, simulation_key_parts, simulator_code_version,
+                             slice_fingerprint, stage1_chunk_parts, stage2_key_parts)
+from tournament.schema import STORED_RUN_MARKER
 from tournament.stage1 import engine_instance, plan_cells
 
 DEFAULT_RESULT_STORAGE = ".tournament-cache/results"
@@ -221,6 +223,43 @@ def local_storage_path(location: str | os.PathLike) -> Path | None:
     if "://" in location and not location.startswith("file://"):
         return None
     return Path(location.removeprefix("file://")).expanduser().resolve()
+
+
+# ----------------------------------------------------------------------------- whole runs
+# A completed run leaves a marker in a local result storage. The next run of the same config
+# on the same data (and code) then expects to compute nothing and starts Ray only if a chunk
+# turns out to need it; any other run starts Ray and warms its workers at once, so their
+# start-up (~5 s: a new job's processes, imports) overlaps planning and replaying stored work.
+# The marker is a hint about *when* Ray starts: what is computed is decided per key.
+def run_digest(config, dataset, *, raced: bool = False) -> str:
+    return digest_of([config.digest(), dataset.fingerprint, raced,
+                      *[engine_code_version(e) for e in config.engines],
+                      *[simulator_code_version(s) for s in config.simulators]])
+
+
+def stored_run_marker(location: str | os.PathLike | None, digest: str) -> Path | None:
+    """Where a local result storage keeps that run's marker; None for a remote one (or a
+    storage block)."""
+    from .runtime import is_block_slug
+    location = str(location or DEFAULT_RESULT_STORAGE)
+    if is_block_slug(location):
+        return None
+    path = local_storage_path(location)
+    return None if path is None else path / STORED_RUN_MARKER.format(digest=digest)
+
+
+def expects_compute(location: str | os.PathLike | None, digest: str, *, refresh: bool) -> bool:
+    """Whether a run should start Ray before it knows (False: the same run completed on this
+    local storage before)."""
+    marker = stored_run_marker(location, digest)
+    return refresh or marker is None or not marker.exists()
+
+
+def mark_stored_run(location: str | os.PathLike | None, digest: str) -> None:
+    marker = stored_run_marker(location, digest)
+    if marker is not None:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
 
 
 def uncached_count(chunks: list[Chunk], location: str | os.PathLike | None) -> int | None:

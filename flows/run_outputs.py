@@ -107,17 +107,23 @@ def write_outputs(run: RunState, out_dir: Path, results, returns, manifest: dict
 
 
 def warmup_timings(refs: list) -> dict[str, float]:
-    """Worker warm-up and numba-load seconds reported by the prewarm tasks that finished
-    (they overlap other work, so they are reported apart from the sequential phases)."""
+    """Worker warm-up (imports) and numba-load seconds reported by the prewarm tasks that
+    finished and by their numba threads (they overlap other work, so they are reported apart
+    from the sequential phases)."""
     if not refs:
         return {}
     import ray
+
+    from .runtime import numba_load_seconds
     done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
     reports = [r for r in ray.get(done) if isinstance(r, dict)]
     if not reports:
         return {}
-    return {"worker_warmup": max(r["imports"] for r in reports),
-            "numba_load": max(r["numba"] for r in reports)}
+    out = {"worker_warmup": max(r["imports"] for r in reports)}
+    numba = numba_load_seconds()
+    if numba is not None:
+        out["numba_load"] = numba
+    return out
 
 
 def flow_run_id() -> str | None:

@@ -243,11 +243,20 @@ def _is_this_machine(address: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1")
 
 
+def start_compute(address: str | None, *, num_cpus: int | None, simulators=(),
+                  engines=()) -> None:
+    """Start (or attach to) Ray and warm its workers, once per process."""
+    if init_ray(address, num_cpus=num_cpus):
+        prewarm_workers(simulators, engines)
+
+
 def prewarm_workers(simulators=(), engines=()) -> list:
     """Warm every Ray worker now: import Prefect, the task modules, the run's engines and
-    simulators, and load vectorbt's numba cache with a one-day simulation. On the CLI path
-    this overlaps the Prefect server's boot, so the first real tasks do not pay ~1-3 s each
-    for it (returns refs; nobody needs to wait on them)."""
+    simulators, then load vectorbt's numba cache with a one-day simulation in a thread of
+    the worker (Stage 1 tasks need not wait for it; Stage 2's vectorbt tasks find it
+    loaded). On the CLI path this overlaps the Prefect server's boot or the flow's
+    planning, so the first real tasks do not pay ~2-3 s each for it (returns refs; nobody
+    needs to wait on them)."""
     import ray
 
     from tournament.registry import warm_modules
@@ -255,16 +264,16 @@ def prewarm_workers(simulators=(), engines=()) -> list:
     @ray.remote(num_cpus=1)
     def warm(modules, vectorbt: bool):
         import importlib
+        import threading
         import time
         t0 = time.perf_counter()
         for name in modules:
             importlib.import_module(name)
         t1 = time.perf_counter()
         if vectorbt:
-            _touch_vectorbt()
-        t2 = time.perf_counter()
+            threading.Thread(target=_touch_vectorbt, name="numba-load", daemon=True).start()
         time.sleep(0.2)     # hold the worker briefly so each CPU gets one warm-up task
-        return {"pid": os.getpid(), "imports": t1 - t0, "numba": t2 - t1}
+        return {"pid": os.getpid(), "imports": t1 - t0}
 
     modules = ["prefect", "prefect.task_engine", "tasks.stage1", "tasks.stage2"]
     modules += [m for e in engines for m in warm_modules("engine", e)]
@@ -276,14 +285,45 @@ def prewarm_workers(simulators=(), engines=()) -> list:
 
 
 _WARMUPS: list = []     # this process's prewarm tasks (their reports go into the manifest)
+_NUMBA_SECONDS: list[float] = []    # in a worker: its numba load (see numba_load_seconds)
 
 
 def warmup_refs() -> list:
     return list(_WARMUPS)
 
 
+def numba_load_seconds(timeout: float = 5.0) -> float | None:
+    """The longest numba load of the warm-up threads, asked of the workers (one small task
+    per CPU; None when no worker has finished one)."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def report():
+        import time
+        time.sleep(0.05)                # one report per worker, as in the warm-up
+        return _numba_seconds_here()
+
+    n = int(ray.cluster_resources().get("CPU", 1))
+    refs = [report.remote() for _ in range(n)]
+    done, _ = ray.wait(refs, num_returns=n, timeout=timeout)
+    seconds = [s for values in ray.get(done) for s in values]
+    return max(seconds) if seconds else None
+
+
+def _numba_seconds_here() -> list[float]:
+    # A module function: a remote function reaches this worker's own list through it (a
+    # global named in a remote function's body would travel as the driver's copy).
+    return list(_NUMBA_SECONDS)
+
+
 def _touch_vectorbt() -> None:
     """A tiny vectorbt simulation: loads its numba functions from the on-disk cache."""
+    t0 = time.perf_counter()
+    _vectorbt_simulation()
+    _NUMBA_SECONDS.append(time.perf_counter() - t0)
+
+
+def _vectorbt_simulation() -> None:
     import numpy as np
 
     from tournament.simulators.base import Market, run_simulator

@@ -30,7 +30,7 @@ from .inputs import PreparedRun, prepare_run
 from .plan import DEFAULT_RESULT_STORAGE, Chunk, replayable, split_partly_stored, stored_key
 from .progress import RunProgress, StageCounts
 from .runtime import (check_cluster_reachability, check_storage_reaches_all_nodes,
-                      default_result_storage, init_ray, make_result_storage, prewarm_workers,
+                      default_result_storage, make_result_storage, start_compute,
                       storage_url, warmup_refs)
 
 # Threads that replay stored chunks in this process (reading results is I/O bound).
@@ -91,8 +91,8 @@ class StageRun:
         from tournament.outputs import preload_statistics_modules
         threading.Thread(target=preload_statistics_modules, name="preload-statistics",
                          daemon=True).start()
-        if init_ray(self.ray_address, num_cpus=self.num_cpus):
-            prewarm_workers(self.config.simulators, self.config.engines)
+        start_compute(self.ray_address, num_cpus=self.num_cpus,
+                      simulators=self.config.simulators, engines=self.config.engines)
         self.warmups = warmup_refs()
         check_storage_reaches_all_nodes(storage_url(self.storage), shared=self.shared_storage)
         check_cluster_reachability()      # a loopback API URL on a multi-host cluster

@@ -45,13 +45,14 @@ from tournament.stage2 import ok_strategies, simulation_pairs
 
 from .inputs import prepare_run, resolve_inputs, tournament_run_name
 from .locking import run_dir_lock
-from .plan import DEFAULT_RESULT_STORAGE
+from .plan import DEFAULT_RESULT_STORAGE, expects_compute, mark_stored_run, run_digest
 from .progress import RunProgress
 from .ray_runner import LazyRayTaskRunner
 from .run_outputs import RunState, flow_run_id, write_outputs
 from .scheduled_runs import (DEFAULT_TIMEOUT_SECONDS, final_state, flow_timeout,
                              publish_run_dir, run_out_dir)
-from .runtime import default_result_storage, make_result_storage, quiet_library_logs
+from .runtime import (default_result_storage, make_result_storage, quiet_library_logs,
+                      start_compute)
 from .stage1_flow import stage1_flow
 from .stage2_flow import stage2_flow
 from .stage_run import ensure_current_ray, progress_state
@@ -167,6 +168,12 @@ def tournament(fidelity: Fidelity | None = None, data: str | None = None,
                 "config_digest": config.digest(), "data_fingerprint": dataset.fingerprint,
                 "result_storage": location, "out_dir": str(out_dir.resolve())})
             run = RunState(run_id, config, make_result_storage(location), refresh, progress)
+            digest = run_digest(config, dataset, raced=race_settings is not None)
+            if expects_compute(location, digest, refresh=refresh):
+                # Work is expected: Ray's workers start and warm up behind the planning and
+                # the replay of stored work, not after them (a warm rerun skips this).
+                start_compute(inputs.ray_address, num_cpus=inputs.num_cpus,
+                              simulators=config.simulators, engines=config.engines)
             n_cells = len(plan_cells(config, prepared.windows))
             progress.stages["stage1"].total = n_cells
             progress.start()
@@ -190,6 +197,7 @@ def tournament(fidelity: Fidelity | None = None, data: str | None = None,
                     manifest["race"] = summary["race"]
                 results, status, published = write_outputs(run, out_dir, results, returns,
                                                            manifest)
+                mark_stored_run(location, digest)
                 print(leaderboard_text(results, top=15))
                 outcome = {"run_id": run_id, "status": status, "out": str(out_dir),
                            FAILED: int((results["status"] == FAILED).sum()),

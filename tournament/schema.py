@@ -62,6 +62,8 @@ CACHE_KEYS = "cache_keys.json"
 STATE = "tournament_state.json"
 LEDGER = "ledger.jsonl"
 REPORT_HTML = "report.html"
+# In a local result storage: a run of this config on this data completed (flows.plan.run_digest).
+STORED_RUN_MARKER = "tournament-run-{digest}.stored"
 
 
 # ----------------------------------------------------------------------------- atomic writes
