@@ -75,18 +75,21 @@ def write_outputs(run: RunState, out_dir: Path, results, returns, manifest: dict
     from tournament.keys import outputs_key
     from tournament.outputs import finalize_run, update_manifest
     config, storage, refresh = run.config, run.storage, run.refresh
-    # The charts need only the metrics, so they are drawn in a thread while the
-    # statistics run (numpy/scipy release the GIL for much of the latter).
-    charts_future = report_charts.with_options(
-        result_storage=storage, refresh_cache=refresh).submit(
-        results, returns, cache_key=outputs_key("charts", results, returns))
-    t0 = time.perf_counter()
-    stats_task = leaderboard_statistics.with_options(result_storage=storage,
-                                                     refresh_cache=refresh)
-    statistics = stats_task(results, returns, periods=config.annualization,
-                            cache_key=outputs_key("statistics", results, returns,
-                                                  extra=config.annualization))
-    run.timings["statistics"] = time.perf_counter() - t0
+    # The charts need only the metrics, so they are drawn while the statistics run: on a
+    # Ray worker when this run started Ray (both are CPU-bound Python; in one process they
+    # would take turns at the GIL), else in a thread.
+    charts_key = outputs_key("charts", results, returns)
+    charts_task = report_charts.with_options(result_storage=storage, refresh_cache=refresh)
+    with _charts_runner(storage, charts_key, refresh) as runner:
+        charts_future = runner.submit(charts_task, parameters={
+            "results": results, "returns": returns, "cache_key": charts_key})
+        t0 = time.perf_counter()
+        stats_task = leaderboard_statistics.with_options(result_storage=storage,
+                                                         refresh_cache=refresh)
+        statistics = stats_task(results, returns, periods=config.annualization,
+                                cache_key=outputs_key("statistics", results, returns,
+                                                      extra=config.annualization))
+        run.timings["statistics"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     results = finalize_run(out_dir, cube=run.cube, results=results, returns=returns,
                            manifest=manifest, key_parts=run.key_parts,
@@ -104,6 +107,25 @@ def write_outputs(run: RunState, out_dir: Path, results, returns, manifest: dict
     run.timings["report_and_artifacts"] = time.perf_counter() - t0
     update_manifest(out_dir, timings=run.timings)
     return results, status, published
+
+
+def _charts_runner(storage, key: str, refresh: bool):
+    """Where the report charts are drawn: a Ray worker when Ray is up in this process and
+    the charts are not stored (a warm rerun reads them here), else a thread."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+    try:
+        import ray
+        ray_up = ray.is_initialized()
+    except ImportError:
+        ray_up = False
+    if ray_up:
+        from prefect.results import ResultStore
+
+        from .plan import stored_key
+        if refresh or not ResultStore(result_storage=storage).exists(stored_key(key)):
+            from prefect_ray import RayTaskRunner
+            return RayTaskRunner()       # joins the running Ray; never shuts it down
+    return ThreadPoolTaskRunner(max_workers=1)
 
 
 def warmup_timings(refs: list) -> dict[str, float]:

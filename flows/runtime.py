@@ -275,7 +275,8 @@ def prewarm_workers(simulators=(), engines=()) -> list:
         time.sleep(0.2)     # hold the worker briefly so each CPU gets one warm-up task
         return {"pid": os.getpid(), "imports": t1 - t0}
 
-    modules = ["prefect", "prefect.task_engine", "tasks.stage1", "tasks.stage2"]
+    modules = ["prefect", "prefect.task_engine", "tasks.stage1", "tasks.stage2",
+               "tasks.outputs", "matplotlib.pyplot"]
     modules += [m for e in engines for m in warm_modules("engine", e)]
     modules += [m for s in simulators for m in warm_modules("simulator", s)]
     n = int(ray.cluster_resources().get("CPU", 1))

@@ -3,7 +3,8 @@
 They depend only on the results and returns frames (and the code computing them), so they
 are keyed by those frames' digest (tournament.keys.outputs_key) and stored in result storage
 like the cells: a rerun whose results did not change reuses them, and Prefect shows them as
-Cached. They run in the flow's own process (called directly, never sent to Ray).
+Cached. The statistics run in the flow's own process; the charts beside them, on a Ray
+worker when the run started Ray (flows.run_outputs.write_outputs).
 """
 from __future__ import annotations
 

@@ -56,17 +56,18 @@ def run_vectorbt(returns: np.ndarray, orders: Orders, *, init_cash: float = INIT
     # size: S x H x N target weights on trade days, NaN otherwise. One extra column per
     # strategy, the "loan" (price 1, no fees), is shorted once on bar 0 so vectorbt's cash can
     # pay fees beyond a fully invested target, as the convention's cash leg does (0% interest).
+    # Built day-major (H x S x M), the layout vectorbt takes, so no S x H x M copy is made.
     M = N + 1 if borrow else N
-    size = np.full((S, H, M), np.nan)
-    size[:, :, :N] = np.where(orders.trade[:, :, None],
-                              np.stack([orders.target_path(s) for s in range(S)]), np.nan)
+    size = np.full((H, S, M), np.nan)
+    paths = orders.targets[:, orders.target_index].transpose(1, 0, 2)    # H x S x N
+    size[:, :, :N] = np.where(orders.trade.T[:, :, None], paths, np.nan)
     prices = np.ones((H, M))
     prices[:, :N] = close
     fees = np.full(M, float(orders.cost_rate))
     if borrow:
-        size[:, 0, N] = -float(init_cash)            # short the loan once: cash += init_cash
+        size[0, :, N] = -float(init_cash)            # short the loan once: cash += init_cash
         fees[N] = 0.0
-    size = size.transpose(1, 0, 2).reshape(H, S * M)
+    size = size.reshape(H, S * M)
     columns = pd.MultiIndex.from_product([range(S), range(M)], names=["strategy", "asset"])
     index = pd.RangeIndex(H)
     close_df = pd.DataFrame(np.tile(prices, (1, S)), index=index, columns=columns)
