@@ -159,3 +159,36 @@ def executions(session_dir):
             rows = [json.loads(line) for line in fh if line.strip()]
         return [r for r in rows if kind is None or r["kind"] == kind]
     return read
+
+
+@pytest.fixture(scope="session")
+def deployed_stack(tmp_path_factory):
+    """One private Prefect server with prefect.yaml deployed from git and (on demand) one
+    process worker, shared by tests/test_deployments_e2e.py and tests/test_nightly_e2e.py
+    (tests/e2e_stack.py); every process it started is stopped by PID at the end."""
+    from tests.e2e_stack import DeployedStack
+    stack = DeployedStack(tmp_path_factory.mktemp("prefect-stack"))
+    _DEPLOYED_STACKS.append(stack)
+    try:
+        stack.boot()
+        stack.deploy()
+        yield stack
+    finally:
+        stack.stop()
+        _DEPLOYED_STACKS.remove(stack)
+
+
+_DEPLOYED_STACKS: list = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the deployed stack as soon as no later test uses it (rather than idling on the
+    2 cores until the session ends); its fixture's own teardown then has nothing left to do."""
+    yield
+    if _DEPLOYED_STACKS:
+        items = item.session.items
+        later = items[items.index(item) + 1:] if item in items else []
+        if not any("deployed_stack" in getattr(i, "fixturenames", ()) for i in later):
+            for stack in _DEPLOYED_STACKS:
+                stack.stop()
