@@ -138,13 +138,14 @@ def test_cache_keys_never_hash_arrays_through_inputs():
 
 
 # ----------------------------------------------------------------------------- SIGKILL resume
-def _cli(tmp: Path, out: str, api_url: str, extra_env=None, storage="cache") -> subprocess.Popen:
+def _cli(tmp: Path, out: str, api_url: str, extra_env=None, storage="cache",
+         stdout=subprocess.PIPE) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_API_URL": api_url, **(extra_env or {})}
     args = [sys.executable, "-m", "flows.cli", "run", "--data", "sp500", "--fidelity", "low",
             "--out", str(tmp / out), "--result-storage", str(tmp / storage), "--num-cpus", "2",
             "--engines", "custom,skfolio", "--selections", "all,momentum,low_vol",
             "--profiles", "equal_weight,min_variance,hrp", "--rebalances", "window,daily"]
-    return subprocess.Popen(args, cwd=tmp, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen(args, cwd=tmp, env=env, stdout=stdout,
                             stderr=subprocess.STDOUT, text=True)
 
 
@@ -161,8 +162,37 @@ def _wait_state(path: Path, predicate, timeout=240) -> dict:
     raise TimeoutError(f"state never matched: {path}")
 
 
+@pytest.fixture(scope="module")
+def clean_cli_run(prefect_server, tmp_path_factory):
+    """The uninterrupted reference run both SIGKILL cases compare with: the same CLI grid, its
+    own result storage, no task delay. The same for both, so it runs once; it starts when
+    the first case does and overlaps that case's killed run (which mostly sleeps in
+    TOURNAMENT_TASK_DELAY)."""
+    tmp = tmp_path_factory.mktemp("sigkill-clean")
+    log = open(tmp / "clean.log", "w")      # a file, not a pipe: nobody reads it while it runs
+    proc = _cli(tmp, "clean", prefect_server, storage="clean-cache", stdout=log)
+    done: dict = {}
+
+    def results() -> pd.DataFrame:
+        if "results" not in done:
+            try:
+                proc.wait(timeout=400)
+            finally:
+                stop_process_tree(proc)
+            assert proc.returncode == 0, (tmp / "clean.log").read_text()[-3000:]
+            done["results"] = read_results(tmp / "clean")
+        return done["results"]
+    try:
+        yield results
+    finally:
+        if proc.poll() is None:
+            stop_process_tree(proc)
+        log.close()
+
+
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
-def test_sigkill_mid_stage_then_rerun_matches_clean_run(prefect_server, tmp_path, stage):
+def test_sigkill_mid_stage_then_rerun_matches_clean_run(prefect_server, clean_cli_run, tmp_path,
+                                                        stage):
     state_file = tmp_path / "killed" / "tournament_state.json"
     proc = _cli(tmp_path, "killed", prefect_server, {"TOURNAMENT_TASK_DELAY": "1.5"})
     try:
@@ -184,11 +214,6 @@ def test_sigkill_mid_stage_then_rerun_matches_clean_run(prefect_server, tmp_path
     assert final["status"] == "completed"
     assert final["stages"]["stage1"]["cached"] > 0     # resumed from stored results
 
-    clean = _cli(tmp_path, "clean", prefect_server, storage="clean-cache")
-    try:
-        output, _ = clean.communicate(timeout=400)
-    finally:
-        stop_process_tree(clean)
     a = read_results(tmp_path / "killed").drop(columns="sim_seconds")
-    b = read_results(tmp_path / "clean").drop(columns="sim_seconds")
+    b = clean_cli_run().drop(columns="sim_seconds")
     pd.testing.assert_frame_equal(a, b)
