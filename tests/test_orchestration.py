@@ -190,16 +190,59 @@ def clean_cli_run(prefect_server, tmp_path_factory):
         log.close()
 
 
-@pytest.mark.parametrize("stage", ["stage1", "stage2"])
-def test_sigkill_mid_stage_then_rerun_matches_clean_run(prefect_server, clean_cli_run, tmp_path,
-                                                        stage):
-    state_file = tmp_path / "killed" / "tournament_state.json"
-    proc = _cli(tmp_path, "killed", prefect_server, {"TOURNAMENT_TASK_DELAY": "1.5"})
+class _KilledMidStage:
+    """A run of the grid with TOURNAMENT_TASK_DELAY=1.5, SIGKILLed (with every process it
+    started) once `stage` has finished some but not all of its chunks; a thread watches
+    its tournament_state.json and kills it. `join()` waits and re-raises its error."""
+
+    def __init__(self, tmp: Path, api_url: str, stage: str):
+        import threading
+        self.tmp, self.stage, self.error = tmp, stage, None
+        self._log = open(tmp / "killed.log", "w")
+        self.proc = _cli(tmp, "killed", api_url, {"TOURNAMENT_TASK_DELAY": "1.5"},
+                         stdout=self._log)
+        self.thread = threading.Thread(target=self._kill_mid_stage, daemon=True)
+        self.thread.start()
+
+    def _kill_mid_stage(self) -> None:
+        stage = self.stage
+        try:
+            _wait_state(self.tmp / "killed" / "tournament_state.json",
+                        lambda s: 0 < s["stages"][stage]["total"] - s["stages"][stage]["pending"]
+                        < s["stages"][stage]["total"])
+        except BaseException as exc:      # re-raised in the test by join()
+            self.error = exc
+        finally:
+            sigkill_tree(self.proc)
+            self._log.close()
+
+    def join(self) -> Path:
+        self.thread.join(timeout=300)
+        if self.error is not None:
+            raise self.error
+        return self.tmp
+
+
+@pytest.fixture(scope="module")
+def killed_runs(prefect_server, tmp_path_factory):
+    """Both cases' killed runs, started together with the first case (each in its own
+    directory and storage; they mostly sleep in TOURNAMENT_TASK_DELAY), so the stage2 case's
+    wait for Stage 1 to finish overlaps the stage1 case."""
+    runs = {stage: _KilledMidStage(tmp_path_factory.mktemp(f"sigkill-{stage}"), prefect_server,
+                                   stage) for stage in ("stage1", "stage2")}
     try:
-        _wait_state(state_file, lambda s: 0 < s["stages"][stage]["total"] - s["stages"][stage]["pending"]
-                    < s["stages"][stage]["total"])
+        yield runs
     finally:
-        sigkill_tree(proc)
+        for run in runs.values():
+            if run.proc.poll() is None:
+                sigkill_tree(run.proc)
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_sigkill_mid_stage_then_rerun_matches_clean_run(prefect_server, clean_cli_run,
+                                                        killed_runs, stage):
+    tmp_path = killed_runs[stage].join()     # killed mid-`stage` (see _KilledMidStage)
+    state_file = tmp_path / "killed" / "tournament_state.json"
     killed_state = json.loads(state_file.read_text())
     assert killed_state["status"] == "running"        # it really died mid-run
     assert not (tmp_path / "killed" / "results.parquet").exists()
