@@ -127,6 +127,12 @@ def prefect_server():
         os.environ["PREFECT_API_URL"] = url
         yield url
     finally:
+        # Flush the logs and events of the in-process flows while the server still answers:
+        # left queued, Prefect's workers retry them against the stopped server at interpreter
+        # exit ("Error logging to API: All connection attempts failed"), ~80 s after the
+        # last test on this machine.
+        from flows.runtime import drain_prefect_workers
+        drain_prefect_workers()
         os.environ.pop("PREFECT_API_URL", None)
         stop_process_tree(proc)
         log.close()
