@@ -127,6 +127,12 @@ def prefect_server():
         os.environ["PREFECT_API_URL"] = url
         yield url
     finally:
+        # Flush the logs and events of the in-process flows while the server still answers:
+        # left queued, Prefect's workers retry them against the stopped server at interpreter
+        # exit ("Error logging to API: All connection attempts failed"), ~80 s after the
+        # last test on this machine.
+        from flows.runtime import drain_prefect_workers
+        drain_prefect_workers()
         os.environ.pop("PREFECT_API_URL", None)
         stop_process_tree(proc)
         log.close()
@@ -159,3 +165,36 @@ def executions(session_dir):
             rows = [json.loads(line) for line in fh if line.strip()]
         return [r for r in rows if kind is None or r["kind"] == kind]
     return read
+
+
+@pytest.fixture(scope="session")
+def deployed_stack(tmp_path_factory):
+    """One private Prefect server with prefect.yaml deployed from git and (on demand) one
+    process worker, shared by tests/test_deployments_e2e.py and tests/test_nightly_e2e.py
+    (tests/e2e_stack.py); every process it started is stopped by PID at the end."""
+    from tests.e2e_stack import DeployedStack
+    stack = DeployedStack(tmp_path_factory.mktemp("prefect-stack"))
+    _DEPLOYED_STACKS.append(stack)
+    try:
+        stack.boot()
+        stack.deploy()
+        yield stack
+    finally:
+        stack.stop()
+        _DEPLOYED_STACKS.remove(stack)
+
+
+_DEPLOYED_STACKS: list = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the deployed stack as soon as no later test uses it (rather than idling on the
+    2 cores until the session ends); its fixture's own teardown then has nothing left to do."""
+    yield
+    if _DEPLOYED_STACKS:
+        items = item.session.items
+        later = items[items.index(item) + 1:] if item in items else []
+        if not any("deployed_stack" in getattr(i, "fixturenames", ()) for i in later):
+            for stack in _DEPLOYED_STACKS:
+                stack.stop()

@@ -16,134 +16,26 @@ run's artifacts.
           venv's editable install pointing at it).
 
 The clone holds COMMITTED code only (HEAD is pushed): commit before running this test.
-Every process this test starts gets its own session (process group); teardown stops exactly
-those groups and their descendants by PID (SIGTERM, then SIGKILL after a short grace: the
-worker may ignore SIGTERM for >20 s). No other process is touched.
+The server, the deployment from git and the worker are the session's `deployed_stack`
+(tests/e2e_stack.py, shared with tests/test_nightly_e2e.py): it starts them in their own
+process groups and stops exactly those, by PID. No other process is touched.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from tests.e2e_stack import BRANCH, POOL, PREFECT, REPO, _editable_files, _run
+
 pytestmark = [pytest.mark.server, pytest.mark.timeout(700)]
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-PREFECT = [sys.executable, "-m", "prefect"]
-POOL = "tournament-pool"
 TINY_GRID = {"engines": ["custom"], "selections": ["all"],
              "profiles": ["equal_weight", "min_variance"], "rebalances": ["window"]}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_health(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    import httpx
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} not healthy after {timeout}s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen, grace: float = 8.0) -> None:
-    """SIGTERM this process's group and every descendant (by PID), SIGKILL after `grace`."""
-    import psutil
-    try:
-        family = [psutil.Process(proc.pid)]
-        family += family[0].children(recursive=True)
-    except psutil.NoSuchProcess:
-        family = []
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)   # the group we created (start_new_session)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for p in family:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(family, timeout=grace)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-@pytest.fixture
-def prefect_stack(tmp_path):
-    """A private Prefect server; yields (api_url, env, start) where start() launches a tracked
-    background process with that env. Everything started is stopped at teardown."""
-    home = tmp_path / "prefect-home"
-    home.mkdir()
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_API_URL=url,
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false",
-               PREFECT_CLI_COLORS="false", PREFECT_CLI_WRAP_LINES="false",
-               # An enqueued run (deployment concurrency, ENQUEUE) retries its slot every 3 s
-               # rather than 30 s (tests/test_nightly_e2e.py); workers poll every 2 s.
-               PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="3",
-               PREFECT_WORKER_QUERY_SECONDS="2",
-               PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    started: list[tuple[subprocess.Popen, object]] = []
-
-    def start(args: list[str], name: str, **kw) -> tuple[subprocess.Popen, Path]:
-        log_path = tmp_path / f"{name}.log"
-        log = open(log_path, "w")
-        kw.setdefault("env", env)
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, **kw)
-        started.append((proc, log))
-        return proc, log_path
-
-    server, server_log = start([*PREFECT, "server", "start", "--host", "127.0.0.1",
-                                "--port", str(port)], "server", cwd=tmp_path)
-    try:
-        _wait_health(f"{url}/health", server, server_log)
-        yield url, env, start
-    finally:
-        for proc, log in reversed(started):   # worker first, server last
-            _stop(proc)
-            log.close()
-
-
-def _run(args: list[str], env: dict, *, cwd: Path = REPO, timeout: float = 120) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout, start_new_session=True)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{' '.join(map(str, args))} -> {proc.returncode}\n{out[-4000:]}"
-    return out
 
 
 def _client(url: str):
@@ -206,50 +98,16 @@ print("FLOW_RUN " + publish_check(sys.argv[1]))
 """
 
 
-BRANCH = "e2e-deploy"
-
-
-def _bare_repo_with_head(tmp_path: Path) -> str:
-    """A bare repository holding this checkout's HEAD on BRANCH; returns its file:// URL."""
-    bare = tmp_path / "tournament.git"
-    subprocess.run(["git", "init", "--bare", "-q", str(bare)], check=True)
-    subprocess.run(["git", "-C", str(REPO), "push", "-q", bare.as_uri(), f"HEAD:refs/heads/{BRANCH}"],
-                   check=True, capture_output=True)
-    return bare.as_uri()
-
-
-def _worker_venv(tmp_path: Path) -> Path:
-    """A venv for the worker that sees the shared site-packages (dependencies) as a plain
-    path entry, so this project's own editable install there is NOT active: the project must
-    come from the pull step's install. Returns its python."""
-    import sysconfig
-    venv = tmp_path / "worker-venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    Path(site, "zz_shared_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    return python
-
-
-def _editable_files(site: Path) -> dict[str, float]:
-    return {p.name: p.stat().st_mtime for p in site.iterdir() if "portfolio_tournament" in p.name}
-
-
-def test_deployments_end_to_end(prefect_stack, tmp_path):
-    import sysconfig
-
+def test_deployments_end_to_end(deployed_stack, tmp_path):
     from prefect.client.schemas.objects import StateType
 
-    url, env, start = prefect_stack
+    stack = deployed_stack
+    url, env = stack.url, stack.env
     t0 = time.monotonic()
 
-    # 1. Work pool, the git source as variables, every deployment in prefect.yaml.
-    repo_url = _bare_repo_with_head(tmp_path)
-    _run([*PREFECT, "work-pool", "create", POOL, "--type", "process"], env)
-    _run([*PREFECT, "variable", "set", "tournament_repository", repo_url], env)
-    _run([*PREFECT, "variable", "set", "tournament_branch", BRANCH], env)
-    out = _run([*PREFECT, "--no-prompt", "deploy", "--all"], env, timeout=180)
+    # 1. Work pool, the git source as variables, every deployment in prefect.yaml
+    #    (the stack ran them: tests/e2e_stack.py DeployedStack.deploy).
+    out = stack.deploy_output
     for name in ("nightly", "adhoc", "quick"):
         assert f"tournament/{name}" in out, out[-3000:]
 
@@ -310,23 +168,13 @@ def test_deployments_end_to_end(prefect_stack, tmp_path):
 
     # 4. A process worker in its own venv and an empty directory (no PYTHONPATH, not the
     #    repo), then the quick deployment on a tiny grid: it clones, installs, runs.
-    python = _worker_venv(tmp_path)
-    worker_site = Path(subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True).stdout.strip())
-    shared_site = Path(sysconfig.get_paths()["purelib"])
-    shared_before = _editable_files(shared_site)
-    worker_home = tmp_path / "worker-home"
-    worker_home.mkdir()
-    # No PYTHONPATH (the project must come from the clone); bytecode on, as the proof below.
-    worker_env = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
-    worker_env.update(PATH=f"{python.parent}{os.pathsep}{env['PATH']}", PIP_NO_DEPS="1",
-                      PIP_DISABLE_PIP_VERSION_CHECK="1")
-    probe = subprocess.run([str(python), "-c", "import flows"], cwd=worker_home, env=worker_env,
-                           capture_output=True, text=True)
-    assert probe.returncode != 0, "the worker venv already imports the project: test is void"
-    worker, worker_log = start([str(python), "-m", "prefect", "worker", "start", "--pool", POOL],
-                               "worker", cwd=worker_home, env=worker_env)
+    #    The stack's worker (tests/e2e_stack.py DeployedStack.worker) asserts that its venv
+    #    does not import the project before it starts, and records the shared environment's
+    #    editable-install files as they were before any flow run.
+    worker_log = stack.worker()
+    worker_site, shared_site, shared_before = (stack.worker_site, stack.shared_site,
+                                               stack.shared_before)
+    worker_home = stack.worker_home
     run_dir = tmp_path / "run"
     # The data source as the UI passes a picked block: a reference the server validates
     # against the schema and the flow loads (days=300 from the block, no days parameter).

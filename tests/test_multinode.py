@@ -134,7 +134,8 @@ def ray_cluster(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- CLI runs
 def _cli(tmp: Path, out: str, api_url: str, *, storage: str, address: str | None = None,
-         env_extra: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen:
+         env_extra: dict[str, str] | None = None, log: Path | None = None,
+         stdout=subprocess.PIPE) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_API_URL": api_url, **(env_extra or {})}
     env.pop("RAY_ADDRESS", None)
     if log is not None:
@@ -142,7 +143,7 @@ def _cli(tmp: Path, out: str, api_url: str, *, storage: str, address: str | None
     args = [sys.executable, "-m", "flows.cli", "run", "--data", "sp500", "--fidelity", "low",
             "--out", str(tmp / out), "--result-storage", str(tmp / storage), *GRID]
     args += ["--ray-address", address] if address else ["--num-cpus", "2"]
-    return subprocess.Popen(args, cwd=tmp, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen(args, cwd=tmp, env=env, stdout=stdout,
                             stderr=subprocess.STDOUT, text=True)
 
 
@@ -177,16 +178,36 @@ def _wait_state(path: Path, predicate, proc: subprocess.Popen, timeout: float = 
 
 @pytest.fixture(scope="module")
 def cluster_run(ray_cluster, prefect_server, tmp_path_factory):
-    """One clean run of the grid on the two-node cluster."""
+    """One clean run of the grid on the two-node cluster. The local run (its own Ray, its
+    own storage) the first test compares it with starts beside it: the cluster run mostly
+    waits (TOURNAMENT_TASK_DELAY, one CPU per node); `local()` waits for that one."""
     tmp = tmp_path_factory.mktemp("multinode")
     log = tmp / "executions.jsonl"
-    t0 = time.perf_counter()
-    proc = _cli(tmp, "cluster", prefect_server, storage="cache", address=ray_cluster.address,
-                env_extra={**ray_cluster.env, "TOURNAMENT_TASK_DELAY": "0.3"}, log=log)
-    output = _finish(proc)
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return {"dir": tmp, "out": tmp / "cluster", "rows": rows, "output": output,
-            "seconds": time.perf_counter() - t0}
+    local_out = open(tmp / "local.log", "w")      # a file, not a pipe: read once it ended
+    local = _cli(tmp, "local", prefect_server, storage="local-cache",
+                 log=tmp / "local-executions.jsonl", stdout=local_out)
+
+    def wait_local() -> Path:
+        try:
+            local.wait(timeout=400)
+        finally:
+            stop_process_tree(local)
+            local_out.close()
+        assert local.returncode == 0, (tmp / "local.log").read_text()[-4000:]
+        return tmp / "local"
+    try:
+        t0 = time.perf_counter()
+        proc = _cli(tmp, "cluster", prefect_server, storage="cache",
+                    address=ray_cluster.address,
+                    env_extra={**ray_cluster.env, "TOURNAMENT_TASK_DELAY": "0.3"}, log=log)
+        output = _finish(proc)
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        yield {"dir": tmp, "out": tmp / "cluster", "rows": rows, "output": output,
+               "seconds": time.perf_counter() - t0, "local": wait_local}
+    finally:
+        if local.poll() is None:
+            stop_process_tree(local)
+        local_out.close()
 
 
 def test_cluster_run_uses_both_nodes_and_equals_local_run(cluster_run, ray_cluster,
@@ -202,11 +223,8 @@ def test_cluster_run_uses_both_nodes_and_equals_local_run(cluster_run, ray_clust
     assert state["status"] == "completed"
     assert state["stages"]["stage1"]["pending"] == 0 and state["stages"]["stage2"]["pending"] == 0
 
-    tmp = cluster_run["dir"]
-    local = _cli(tmp, "local", prefect_server, storage="local-cache",
-                 log=tmp / "local-executions.jsonl")
-    _finish(local)
-    pd.testing.assert_frame_equal(_results(cluster_run["out"]), _results(tmp / "local"))
+    local = cluster_run["local"]()          # the local run (own Ray, own storage), waited for
+    pd.testing.assert_frame_equal(_results(cluster_run["out"]), _results(local))
 
 
 def test_sigkilled_driver_resumes_on_the_cluster_from_shared_storage(

@@ -138,13 +138,14 @@ def test_cache_keys_never_hash_arrays_through_inputs():
 
 
 # ----------------------------------------------------------------------------- SIGKILL resume
-def _cli(tmp: Path, out: str, api_url: str, extra_env=None, storage="cache") -> subprocess.Popen:
+def _cli(tmp: Path, out: str, api_url: str, extra_env=None, storage="cache",
+         stdout=subprocess.PIPE) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_API_URL": api_url, **(extra_env or {})}
     args = [sys.executable, "-m", "flows.cli", "run", "--data", "sp500", "--fidelity", "low",
             "--out", str(tmp / out), "--result-storage", str(tmp / storage), "--num-cpus", "2",
             "--engines", "custom,skfolio", "--selections", "all,momentum,low_vol",
             "--profiles", "equal_weight,min_variance,hrp", "--rebalances", "window,daily"]
-    return subprocess.Popen(args, cwd=tmp, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen(args, cwd=tmp, env=env, stdout=stdout,
                             stderr=subprocess.STDOUT, text=True)
 
 
@@ -161,15 +162,87 @@ def _wait_state(path: Path, predicate, timeout=240) -> dict:
     raise TimeoutError(f"state never matched: {path}")
 
 
-@pytest.mark.parametrize("stage", ["stage1", "stage2"])
-def test_sigkill_mid_stage_then_rerun_matches_clean_run(prefect_server, tmp_path, stage):
-    state_file = tmp_path / "killed" / "tournament_state.json"
-    proc = _cli(tmp_path, "killed", prefect_server, {"TOURNAMENT_TASK_DELAY": "1.5"})
+@pytest.fixture(scope="module")
+def clean_cli_run(prefect_server, tmp_path_factory):
+    """The uninterrupted reference run both SIGKILL cases compare with: the same CLI grid, its
+    own result storage, no task delay. The same for both, so it runs once; it starts when
+    the first case does and overlaps that case's killed run (which mostly sleeps in
+    TOURNAMENT_TASK_DELAY)."""
+    tmp = tmp_path_factory.mktemp("sigkill-clean")
+    log = open(tmp / "clean.log", "w")      # a file, not a pipe: nobody reads it while it runs
+    proc = _cli(tmp, "clean", prefect_server, storage="clean-cache", stdout=log)
+    done: dict = {}
+
+    def results() -> pd.DataFrame:
+        if "results" not in done:
+            try:
+                proc.wait(timeout=400)
+            finally:
+                stop_process_tree(proc)
+            assert proc.returncode == 0, (tmp / "clean.log").read_text()[-3000:]
+            done["results"] = read_results(tmp / "clean")
+        return done["results"]
     try:
-        _wait_state(state_file, lambda s: 0 < s["stages"][stage]["total"] - s["stages"][stage]["pending"]
-                    < s["stages"][stage]["total"])
+        yield results
     finally:
-        sigkill_tree(proc)
+        if proc.poll() is None:
+            stop_process_tree(proc)
+        log.close()
+
+
+class _KilledMidStage:
+    """A run of the grid with TOURNAMENT_TASK_DELAY=1.5, SIGKILLed (with every process it
+    started) once `stage` has finished some but not all of its chunks; a thread watches
+    its tournament_state.json and kills it. `join()` waits and re-raises its error."""
+
+    def __init__(self, tmp: Path, api_url: str, stage: str):
+        import threading
+        self.tmp, self.stage, self.error = tmp, stage, None
+        self._log = open(tmp / "killed.log", "w")
+        self.proc = _cli(tmp, "killed", api_url, {"TOURNAMENT_TASK_DELAY": "1.5"},
+                         stdout=self._log)
+        self.thread = threading.Thread(target=self._kill_mid_stage, daemon=True)
+        self.thread.start()
+
+    def _kill_mid_stage(self) -> None:
+        stage = self.stage
+        try:
+            _wait_state(self.tmp / "killed" / "tournament_state.json",
+                        lambda s: 0 < s["stages"][stage]["total"] - s["stages"][stage]["pending"]
+                        < s["stages"][stage]["total"])
+        except BaseException as exc:      # re-raised in the test by join()
+            self.error = exc
+        finally:
+            sigkill_tree(self.proc)
+            self._log.close()
+
+    def join(self) -> Path:
+        self.thread.join(timeout=300)
+        if self.error is not None:
+            raise self.error
+        return self.tmp
+
+
+@pytest.fixture(scope="module")
+def killed_runs(prefect_server, tmp_path_factory):
+    """Both cases' killed runs, started together with the first case (each in its own
+    directory and storage; they mostly sleep in TOURNAMENT_TASK_DELAY), so the stage2 case's
+    wait for Stage 1 to finish overlaps the stage1 case."""
+    runs = {stage: _KilledMidStage(tmp_path_factory.mktemp(f"sigkill-{stage}"), prefect_server,
+                                   stage) for stage in ("stage1", "stage2")}
+    try:
+        yield runs
+    finally:
+        for run in runs.values():
+            if run.proc.poll() is None:
+                sigkill_tree(run.proc)
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_sigkill_mid_stage_then_rerun_matches_clean_run(prefect_server, clean_cli_run,
+                                                        killed_runs, stage):
+    tmp_path = killed_runs[stage].join()     # killed mid-`stage` (see _KilledMidStage)
+    state_file = tmp_path / "killed" / "tournament_state.json"
     killed_state = json.loads(state_file.read_text())
     assert killed_state["status"] == "running"        # it really died mid-run
     assert not (tmp_path / "killed" / "results.parquet").exists()
@@ -184,11 +257,6 @@ def test_sigkill_mid_stage_then_rerun_matches_clean_run(prefect_server, tmp_path
     assert final["status"] == "completed"
     assert final["stages"]["stage1"]["cached"] > 0     # resumed from stored results
 
-    clean = _cli(tmp_path, "clean", prefect_server, storage="clean-cache")
-    try:
-        output, _ = clean.communicate(timeout=400)
-    finally:
-        stop_process_tree(clean)
     a = read_results(tmp_path / "killed").drop(columns="sim_seconds")
-    b = read_results(tmp_path / "clean").drop(columns="sim_seconds")
+    b = clean_cli_run().drop(columns="sim_seconds")
     pd.testing.assert_frame_equal(a, b)

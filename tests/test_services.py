@@ -1,7 +1,9 @@
 """Local services: `tournament up/status/down`, attaching runs, stale state, first boot.
 
-Every test gives the CLI its own services directory, Prefect home and ports, and removes
-TOURNAMENT_NO_ATTACH only where attaching is the point. Processes started here are stopped
+Every test gives the CLI its own services directory and ports, and removes
+TOURNAMENT_NO_ATTACH only where attaching is the point. The first boot is checked on an
+empty Prefect home of its own; the tests that only need a home use one after another
+(`shared_home`), so only the first of them pays for creating its database. Processes started here are stopped
 by PID (the `down` command itself, checked against /proc, or the fixtures)."""
 from __future__ import annotations
 
@@ -31,11 +33,11 @@ def cli(args, env, timeout=300, cwd=None):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def base_env(tmp_path: Path, *, attach: bool) -> dict:
+def base_env(tmp_path: Path, *, attach: bool, home: Path | None = None) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("PREFECT_API_URL", "PREFECT_UI_URL", "TOURNAMENT_EXECUTION_LOG")}
     env["TOURNAMENT_SERVICES_DIR"] = str(tmp_path / "services")
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env["PREFECT_HOME"] = str(home or tmp_path / "prefect-home")
     env["PYTHONPATH"] = str(REPO)
     if attach:
         env.pop("TOURNAMENT_NO_ATTACH", None)
@@ -49,10 +51,20 @@ def get_json(url: str):
     return httpx.get(url, timeout=10).json()
 
 
+@pytest.fixture(scope="module")
+def shared_home(tmp_path_factory) -> Path:
+    """One PREFECT_HOME for the tests here whose claims do not depend on an empty home (up/
+    status/run/down, stale state, a temporary server's UI settings). Its first user's server
+    creates the database (the first boot: ~20-40 s of CPU on 2 cores); the tests after it,
+    each with its own servers, stopped before the next test, find it migrated. The first boot itself is checked on an
+    empty home of its own (test_first_boot_on_empty_home_with_both_cores_busy)."""
+    return tmp_path_factory.mktemp("services-home") / "prefect-home"
+
+
 @pytest.fixture
-def services(tmp_path):
+def services(tmp_path, shared_home):
     """`tournament up` on free ports; `tournament down` (and a PID sweep) afterwards."""
-    env = base_env(tmp_path, attach=True)
+    env = base_env(tmp_path, attach=True, home=shared_home)
     prefect_port, ray_port = free_port(), free_port()
     up = cli(["up", "--prefect-port", str(prefect_port), "--ray-port", str(ray_port),
               "--num-cpus", "2"], env)
@@ -194,8 +206,8 @@ def stage_task_states(api: str, parent_id: str) -> list[str]:
     return sorted({r["state"]["name"] for r in runs if r["flow_run_id"] in flow_ids - {parent_id}})
 
 
-def test_stale_state_falls_back_to_temporary_services(tmp_path):
-    env = base_env(tmp_path, attach=True)
+def test_stale_state_falls_back_to_temporary_services(tmp_path, shared_home):
+    env = base_env(tmp_path, attach=True, home=shared_home)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (tmp_path / "services").mkdir()
@@ -262,8 +274,8 @@ def test_first_boot_on_empty_home_with_both_cores_busy(tmp_path):
     assert timings["server_first_boot"] > 0 and timings["ray_start"] > 0
 
 
-def test_temporary_server_ui_settings_report_its_own_api(tmp_path):
-    env = base_env(tmp_path, attach=False)
+def test_temporary_server_ui_settings_report_its_own_api(tmp_path, shared_home):
+    env = base_env(tmp_path, attach=False, home=shared_home)
     code = ("import json, urllib.request\n"
             "from flows.runtime import temporary_services\n"
             "with temporary_services() as url:\n"

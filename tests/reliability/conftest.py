@@ -143,18 +143,52 @@ def listening(procs) -> list[tuple[str, int, str]]:
     return out
 
 
+class _Finished:
+    """A Run that is still running: its LISTEN sockets are sampled in a thread every 0.3 s
+    until it exits; the first use of any attribute waits for it (exit 0 asserted) and
+    then behaves as the finished Run, with `sockets` set."""
+
+    def __init__(self, run: Run):
+        import threading
+        self._run, self._sockets, self._done = run, set(), False
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        run = self._run
+        while run.proc.poll() is None:
+            self._sockets.update(listening(run.family()))
+            time.sleep(0.3)
+
+    def finish(self) -> Run:
+        run = self._run
+        if not self._done:
+            self._thread.join(timeout=400)
+            rc = run.wait()
+            assert rc == 0, run.output()[-3000:]
+            run.sockets = sorted(s for s in self._sockets if s[0] is not None)
+            self._done = True
+        return run
+
+    def stop(self) -> None:
+        if self._run.proc.poll() is None:
+            self._run.kill_tree()
+        elif not self._done:
+            self._run.wait()          # exited on its own, never looked at: close its log
+
+    def __getattr__(self, name):
+        return getattr(self.finish(), name)
+
+
 @pytest.fixture(scope="session")
 def clean_run(tmp_path_factory):
     """The uninterrupted reference run of GRID, with the CLI's OWN Prefect server and Ray
-    (no PREFECT_API_URL), and every LISTEN socket its process tree opened while running."""
+    (no PREFECT_API_URL), and every LISTEN socket its process tree opened while running.
+    It starts when the first test asking for it does and runs alongside that test's own runs
+    (they mostly sleep in TOURNAMENT_TASK_DELAY); the first look at it waits for it."""
     tmp = tmp_path_factory.mktemp("clean")
-    run = Run(tmp, "clean", api_url=None, env={"TOURNAMENT_TASK_DELAY": "0.5"})
-    sockets: set = set()
-    while run.proc.poll() is None:
-        sockets.update(listening(run.family()))
-        time.sleep(0.3)
-    rc = run.wait()
-    assert rc == 0, run.output()[-3000:]
-    run.sockets = sorted(s for s in sockets if s[0] is not None)
-    return run
-
+    run = _Finished(Run(tmp, "clean", api_url=None, env={"TOURNAMENT_TASK_DELAY": "0.5"}))
+    try:
+        yield run
+    finally:
+        run.stop()

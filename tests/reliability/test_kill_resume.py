@@ -84,31 +84,76 @@ def test_sigkill_at_three_points_then_rerun_matches_and_recomputes_nothing_store
     assert len(seen) == 5              # GRID has 5 Stage 1 chunks
 
 
-def test_ray_worker_sigkilled_mid_task_run_completes_with_clean_results(
-        prefect_server, clean_run, tmp_path):
-    import psutil
-    run = Run(tmp_path, "worker-kill", api_url=prefect_server,
-              env={"TOURNAMENT_TASK_DELAY": "2"})
-    victim = None
+class _WorkerKill:
+    """The run whose Ray worker is SIGKILLed mid-task, driven by a thread: it waits for
+    Stage 1 to start, kills the first Ray worker seen executing a Stage 1 task, and waits
+    for the run to end. `finish()` joins it and re-raises what went wrong in it."""
+
+    def __init__(self, tmp: Path, api_url: str):
+        import threading
+        self.run = Run(tmp, "worker-kill", api_url=api_url, env={"TOURNAMENT_TASK_DELAY": "2"})
+        self.victim = self.rc = self.error = None
+        self.thread = threading.Thread(target=self._drive, daemon=True)
+        self.thread.start()
+
+    def _drive(self) -> None:
+        import psutil
+        run = self.run
+        try:
+            run.wait_state(lambda s: stage(s, "stage1")[1] > 0, timeout=180)
+            deadline = time.monotonic() + 60
+            while self.victim is None and time.monotonic() < deadline:
+                for p in run.descendants():
+                    try:
+                        if p.name().startswith("ray::solve_chunk"):
+                            self.victim = p
+                            break
+                    except psutil.NoSuchProcess:
+                        pass
+                time.sleep(0.05)
+            if self.victim is None:
+                return
+            self.victim.kill()
+            self.victim.wait(timeout=10)
+            self.rc = run.wait(timeout=300)
+        except BaseException as exc:      # re-raised in the test by finish()
+            self.error = exc
+
+    def finish(self) -> "_WorkerKill":
+        self.thread.join(timeout=600)
+        self.stop()
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def stop(self) -> None:
+        if self.run.proc.poll() is None:
+            self.run.kill_tree()
+
+
+@pytest.fixture(scope="module")
+def worker_kill(prefect_server, tmp_path_factory):
+    scenario = _WorkerKill(tmp_path_factory.mktemp("worker-kill"), prefect_server)
     try:
-        run.wait_state(lambda s: stage(s, "stage1")[1] > 0, timeout=180)
-        deadline = time.monotonic() + 60
-        while victim is None and time.monotonic() < deadline:
-            for p in run.descendants():
-                try:
-                    if p.name().startswith("ray::solve_chunk"):
-                        victim = p
-                        break
-                except psutil.NoSuchProcess:
-                    pass
-            time.sleep(0.05)
-        assert victim is not None, "no Ray worker was seen executing a Stage 1 task"
-        victim.kill()
-        victim.wait(timeout=10)
-        rc = run.wait(timeout=300)
+        yield scenario
     finally:
-        if run.proc.poll() is None:
-            run.kill_tree()
+        scenario.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _worker_kill_alongside(request):
+    """The worker-kill run starts with this module and runs beside the three-kills test (both
+    mostly sleep in TOURNAMENT_TASK_DELAY; each has its own directory and storage), when its
+    test is selected."""
+    if any(item.name.startswith("test_ray_worker_sigkilled") for item in request.session.items):
+        request.getfixturevalue("worker_kill")
+
+
+def test_ray_worker_sigkilled_mid_task_run_completes_with_clean_results(worker_kill,
+                                                                        clean_run):
+    scenario = worker_kill.finish()
+    run, rc = scenario.run, scenario.rc
+    assert scenario.victim is not None, "no Ray worker was seen executing a Stage 1 task"
     assert rc == 0, run.output()[-3000:]
     assert run.state()["status"] == "completed"
     assert_same_results(run, clean_run)
