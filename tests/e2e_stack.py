@@ -15,24 +15,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
 import time
 from pathlib import Path
 
+from tests.conftest import free_port, terminate_all
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PREFECT = [sys.executable, "-m", "prefect"]
 POOL = "tournament-pool"
 BRANCH = "e2e-deploy"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_health(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
@@ -58,29 +53,15 @@ def _stop(proc: subprocess.Popen, grace: float = 8.0) -> None:
         family += family[0].children(recursive=True)
     except psutil.NoSuchProcess:
         family = []
+    _signal_group(proc, signal.SIGTERM)      # the group we created (start_new_session)
+    terminate_all(family, grace)
+    _signal_group(proc, signal.SIGKILL)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGTERM)   # the group we created (start_new_session)
+        os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
-        pass
-    for p in family:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(family, timeout=grace)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
         pass
 
 
@@ -127,7 +108,7 @@ class DeployedStack:
         self.root = root
         home = root / "prefect-home"
         home.mkdir()
-        port = _free_port()
+        port = free_port()
         self.url = url = f"http://127.0.0.1:{port}/api"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(PREFECT_HOME=str(home), PREFECT_API_URL=url,
