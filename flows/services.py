@@ -188,6 +188,36 @@ def _group_alive(pgid: int) -> bool:
     return bool(group_members(pgid))
 
 
+def ray_token_path(env: dict | None = None) -> Path:
+    """Where Ray (2.60, token auth) looks for the token when RAY_AUTH_TOKEN is not set:
+    RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token."""
+    env = os.environ if env is None else env
+    if env.get("RAY_AUTH_TOKEN_PATH"):
+        return Path(env["RAY_AUTH_TOKEN_PATH"]).expanduser()
+    return Path(env.get("HOME") or Path.home()) / ".ray" / "auth_token"
+
+
+def ensure_ray_token(env: dict | None = None) -> Path | None:
+    """Make sure the Ray head we start has a token to enforce, and drivers on this machine
+    one to present. `ray start --head` with RAY_AUTH_MODE=token refuses to start when there is
+    none (a fresh machine has no ~/.ray/auth_token), so one is generated as `ray
+    get-auth-token --generate` would: 256 random bits, readable by this user only. A token
+    given in RAY_AUTH_TOKEN, or an existing file, is used as it is. Returns the file written,
+    or None."""
+    env = os.environ if env is None else env
+    if env.get("RAY_AUTH_TOKEN"):
+        return None
+    path = ray_token_path(env)
+    if path.is_file() and path.read_text().strip():
+        return None
+    import secrets
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path
+
+
 def start_ray_head(port: int, *, num_cpus: int | None, log_path: Path) -> subprocess.Popen:
     """`ray start --head --block` in its own session on 127.0.0.1, token auth on."""
     ray_bin = Path(sys.executable).with_name("ray")
@@ -197,6 +227,7 @@ def start_ray_head(port: int, *, num_cpus: int | None, log_path: Path) -> subpro
         args += ["--num-cpus", str(num_cpus)]
     from .runtime import THREAD_ENV
     env = {**os.environ, **THREAD_ENV, "RAY_AUTH_MODE": "token"}
+    ensure_ray_token(env)
     log = open(log_path, "ab")
     try:
         return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -120,7 +120,8 @@ def _simulate_pairs(stage: StageRun, simulate_chunk, pairs: list[tuple[str, str]
     (stage2_key_parts lists each member's schedule digest), so a subset never reads or
     overwrites a full chunk's stored result unless it holds exactly the same strategies.
     Adds to `cache` (tasks, and simulations `computed` now or `cached`: a Cached chunk's, or
-    stored one by one and reused inside a chunk that ran); returns the simulations merged
+    stored one by one and reused inside a chunk that ran; `continued`: those computed by
+    continuing a stored path, simulating only its new days); returns the simulations merged
     per pair."""
     cfg, ds, cube = stage.config, stage.dataset, stage.cube
     if strategies is None:
@@ -143,7 +144,7 @@ def _simulate_pairs(stage: StageRun, simulate_chunk, pairs: list[tuple[str, str]
         return ds.returns, ds.dates, cube, chunk.members, cfg
 
     by_pair: dict[tuple[str, str], list] = {}
-    hits = computed = reused = n_sims = 0
+    hits = computed = reused = n_sims = continued = 0
     for chunk, fut in run_chunks(task, chunks, stored, ray_args=on_ray, local_args=local):
         out = fut.result()
         result = out["result"]
@@ -153,13 +154,14 @@ def _simulate_pairs(stage: StageRun, simulate_chunk, pairs: list[tuple[str, str]
         hits += chunk_cached
         n_sims += len(result.keys)
         computed += 0 if chunk_cached else out["computed"]
+        continued += 0 if chunk_cached else out.get("continued", 0)
         n_reused = len(result.keys) if chunk_cached else out["reused"]
         reused += n_reused
         by_pair.setdefault((result.rebalance, result.simulator), []).append(result)
         stage.progress.record("stage2", done=sum(s == OK for s in result.status),
                               failed=sum(s != OK for s in result.status), cached=n_reused)
     for name, n in (("tasks", len(chunks)), ("tasks_cached", hits), ("simulations", n_sims),
-                    ("computed", computed), ("cached", reused)):
+                    ("computed", computed), ("continued", continued), ("cached", reused)):
         cache[name] = cache.get(name, 0) + n
     # Chunks finish in any order (Ray, or local replay); merge them in a fixed order so the
     # results frame, and the digest that keys the cached statistics, never depend on timing.

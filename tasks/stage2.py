@@ -23,7 +23,9 @@ from prefect import task
 from tournament.config import TournamentConfig
 from tournament.cube import WeightsCube
 from tournament.simulators.base import Market, SimulationResult, failed_result
-from tournament.stage2 import merge_results, simulate_pair, split_result
+from tournament.simulators.resume import PathEnd
+from tournament.stage2 import (merge_results, path_end_key, simulate_pair,
+                               simulate_pair_continuing, simulator_instance, split_result)
 
 from .common import injected_delay, locked_policy, log_execution
 from .unit_store import UnitStore
@@ -52,13 +54,15 @@ def simulate_chunk(returns: np.ndarray, dates: pd.DatetimeIndex, cube: WeightsCu
                    rebalance: str, simulator: str, chunk_name: str, cache_key: str,
                    key_parts: dict, unit_keys: list[str]) -> dict:
     """The chunk's simulations, in `keys` order: each found under its own key (`unit_keys`)
-    or simulated and stored. Returns them merged, with how many ran and how many were
-    reused."""
+    or simulated and stored (a path that a simulator can continue continues from its stored
+    end when that is still valid: `continued`). Returns them merged, with how many ran, how
+    many of those were continued and how many were reused."""
     injected_delay()
     units = UnitStore.of_running_task()
     found = {s: units.read(key) for s, key in enumerate(unit_keys)}
     missing = [s for s in range(len(keys)) if found[s] is None]
     workers: list[dict] = []
+    continued = 0
     if missing:
         todo = [keys[s] for s in missing]
         per_process = backtests_per_process(simulator)
@@ -66,6 +70,19 @@ def simulate_chunk(returns: np.ndarray, dates: pd.DatetimeIndex, cube: WeightsCu
             result, workers = simulate_recycled(returns, dates, cube, todo, rebalance=rebalance,
                                                 simulator=simulator, config=config,
                                                 per_process=per_process)
+        elif simulator_instance(simulator).continues_paths():
+            # Each path continues from the end the last run stored for it, when what that
+            # end read is unchanged (a nightly run: only the new days are simulated).
+            end_keys = [path_end_key(k, rebalance=rebalance, simulator=simulator,
+                                     first_day=cube.window_starts[0], config=config)
+                        for k in todo]
+            previous = [_path_end(units.read(k)) for k in end_keys]
+            result, ends, continued = simulate_pair_continuing(
+                returns, dates, cube, todo, rebalance=rebalance, simulator=simulator,
+                config=config, previous=previous)
+            for key, end in zip(end_keys, ends):
+                if end is not None:
+                    units.write(key, end)
         else:
             result = simulate_pair(returns, dates, cube, todo, rebalance=rebalance,
                                    simulator=simulator, config=config)
@@ -79,7 +96,11 @@ def simulate_chunk(returns: np.ndarray, dates: pd.DatetimeIndex, cube: WeightsCu
                       config=config)
     result.keys = list(keys)          # a stored unit may come from identical weights
     return {"result": result, "computed": len(missing), "reused": len(keys) - len(missing),
-            "key_parts": key_parts, "workers": workers}
+            "continued": continued, "key_parts": key_parts, "workers": workers}
+
+
+def _path_end(stored) -> PathEnd | None:
+    return stored if isinstance(stored, PathEnd) else None
 
 
 # ----------------------------------------------------------------------------- recycling

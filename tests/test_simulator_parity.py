@@ -123,7 +123,7 @@ def test_vectorbt_without_loan_column_shrinks_buys(setup):
     go negative by the fees, shrinks the last buy, and drifts ~1e-4 from the convention."""
     from tournament.simulators.vectorbt_sim import run_vectorbt
     ds, ref = setup["ds"], setup["custom"]["window"]
-    net, _, _ = run_vectorbt(ds.returns, setup["orders"]["window"], borrow=False)
+    net, _, _, _ = run_vectorbt(ds.returns, setup["orders"]["window"], borrow=False)
     rel = np.abs(np.prod(1 + net, axis=1) / ref.equity[:, -1] - 1.0)
     assert 1e-6 < rel.max() < 2e-3, rel
 

@@ -29,7 +29,8 @@ STAGE1_SHARED_MODULES = ("tournament.stage1", "tournament.selection", "tournamen
                          "tournament.windows", "tournament.engines.base",
                          "tournament.acceptance")
 STAGE2_SHARED_MODULES = ("tournament.stage2", "tournament.simulators.base",
-                         "tournament.simulators.orders", "tournament.simulators.custom")
+                         "tournament.simulators.orders", "tournament.simulators.custom",
+                         "tournament.simulators.resume")
 
 
 @lru_cache(maxsize=None)

@@ -20,7 +20,9 @@ from .data import Dataset
 from .faults import active_faults
 from .metrics import SCALAR_METRICS, compute_metrics, sharpe_ratio
 from .registry import get_simulator
-from .simulators.base import Market, SimulationResult, clean_returns, run_simulator
+from .simulators.base import (BatchSimulator, Market, Orders, SimulationResult, clean_returns,
+                              failed_result, run_simulator)
+from .simulators.resume import PathEnd, prefix_digest, returns_digest, stack_states, state_row
 from .simulators.custom import simulate_paths
 from .simulators.orders import build_orders, horizon_rows, orders_from_schedule
 
@@ -54,6 +56,94 @@ def simulate_pair(returns: np.ndarray, dates: pd.DatetimeIndex, cube: WeightsCub
                           cost_rate=config.costs.rate, tolerance=config.tolerance)
     return run_simulator(simulator_instance(simulator), Market(returns, dates, cube.assets),
                          orders)
+
+
+def simulate_pair_continuing(returns: np.ndarray, dates: pd.DatetimeIndex, cube: WeightsCube,
+                             keys: list[tuple[str, str, str]], *, rebalance: str,
+                             simulator: str, config: TournamentConfig,
+                             previous: list[PathEnd | None]
+                             ) -> tuple[SimulationResult, list[PathEnd | None], int]:
+    """`simulate_pair`, continuing each path from its stored end (`previous[s]`, or None)
+    when what the path read up to that end is unchanged (tournament.simulators.resume).
+    Returns the result, each ok path's new end (None for the rest, and for simulators that
+    cannot continue paths) and how many paths were continued. Same days, same numbers as
+    `simulate_pair` (to rounding; tests/test_path_continuation.py)."""
+    from dataclasses import replace
+
+    from .keys import simulator_code_version
+    sim = simulator_instance(simulator)
+    orders = build_orders(cube, keys, dates=dates, returns=returns, rebalance=rebalance,
+                          cost_rate=config.costs.rate, tolerance=config.tolerance)
+    market = Market(returns, dates, cube.assets)
+    S = len(keys)
+    if not S or not (isinstance(sim, BatchSimulator) and sim.continues_paths()):
+        return run_simulator(sim, market, orders), [None] * S, 0
+    rows, end = horizon_rows(cube, dates)
+    settings = (rebalance, simulator, simulator_code_version(simulator), orders.cost_rate,
+                config.tolerance if rebalance == "tolerance" else None)
+    fingerprints: dict[int, str] = {}
+
+    def prefix(s: int, last: int) -> str:
+        if last not in fingerprints:
+            fingerprints[last] = returns_digest(returns, dates, cube.assets, orders.start, last)
+        return prefix_digest(targets=orders.targets[s], rebalance_rows=rows, last=last,
+                             dates=dates, returns_fp=fingerprints[last], settings=settings)
+
+    def continues_at(s: int) -> int | None:
+        prev = previous[s]
+        if prev is None or prev.last_date not in dates:
+            return None
+        j = int(dates.get_loc(prev.last_date))
+        if not orders.start < j < orders.end or len(prev.net_returns) != j - orders.start:
+            return None
+        return j if prev.prefix == prefix(s, j) else None
+
+    def subset(members: list[int]) -> Orders:
+        return replace(orders, keys=[orders.keys[s] for s in members],
+                       targets=orders.targets[members], trade=orders.trade[members])
+
+    out = failed_result(simulator, orders, market.horizon_dates(orders), "not simulated")
+    groups: dict[int | None, list[int]] = {}
+    for s in range(S):
+        groups.setdefault(continues_at(s), []).append(s)
+    ends: list[PathEnd | None] = [None] * S
+    for j, members in groups.items():
+        if j is None:
+            part, done = run_simulator(sim, market, subset(members)), None
+        else:
+            o = subset(members)
+            segment = replace(o, start=j, target_index=o.target_index[j - o.start:],
+                              trade=o.trade[:, j - o.start:])
+            part = run_simulator(sim, market, segment,
+                                 state=stack_states([previous[s].state for s in members]))
+            done = [previous[s] for s in members]
+        for i, s in enumerate(members):
+            out.status[s], out.reason[s] = part.status[i], part.reason[i]
+            out.seconds[s] = part.seconds[i]
+            if part.status[i] != OK:
+                continue
+            arrays = [part.net_returns[i], part.turnover[i], part.costs[i]]
+            if done is not None:
+                arrays = [np.concatenate([a, b]) for a, b in
+                          zip((done[i].net_returns, done[i].turnover, done[i].costs), arrays)]
+            out.net_returns[s], out.turnover[s], out.costs[s] = arrays
+            if part.end_state is not None:
+                ends[s] = PathEnd(last_date=dates[end], prefix=prefix(s, end),
+                                  state=state_row(part.end_state, i),
+                                  net_returns=arrays[0][:-1].copy(),
+                                  turnover=arrays[1][:-1].copy(), costs=arrays[2][:-1].copy())
+    return out, ends, sum(len(m) for j, m in groups.items() if j is not None)
+
+
+def path_end_key(key: tuple[str, str, str], *, rebalance: str, simulator: str,
+                 first_day: pd.Timestamp, config: TournamentConfig) -> str:
+    """Where a strategy's latest PathEnd is kept: one per strategy, mode, simulator, first
+    rebalance day and costs (each run overwrites it; whether it can be continued is decided
+    by its prefix digest, never by this key)."""
+    from .config import digest_of
+    return "s2end-" + digest_of([list(key), rebalance, simulator, str(first_day),
+                                 [config.costs.slippage_bps, config.costs.commission_bps],
+                                 config.tolerance if rebalance == "tolerance" else None])
 
 
 def simulate_benchmark(dataset: Dataset, cube: WeightsCube, config: TournamentConfig,

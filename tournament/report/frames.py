@@ -187,7 +187,9 @@ def cache_lines(cache: dict) -> list[tuple[str, str]]:
     """(stage, "N computed, M cached <unit>") of a manifest's cache section (older
     manifests without these counts show '?')."""
     return [(stage, f"{v.get('computed', '?')} computed, {v.get('cached', '?')} cached "
-                    f"{CACHE_UNITS.get(stage, 'units')}")
+                    f"{CACHE_UNITS.get(stage, 'units')}"
+                    + (f" ({v['continued']} of the computed continued from stored paths)"
+                       if v.get("continued") else ""))
             for stage, v in cache.items() if isinstance(v, dict)]
 
 

@@ -94,6 +94,7 @@ class SimulationResult:
     status: list[str] = field(default_factory=list)
     reason: list[str] = field(default_factory=list)
     seconds: np.ndarray | None = None    # S wall seconds per strategy (batched: share)
+    end_state: Any = None                # batched book before the last day (continuable sims)
 
     @property
     def equity(self) -> np.ndarray:
@@ -102,10 +103,12 @@ class SimulationResult:
 
 @dataclass(frozen=True)
 class Paths:
-    """What a batched simulator returns: S x H arrays."""
+    """What a batched simulator returns: S x H arrays, and (a simulator that can continue
+    paths) its book at the close of the second-to-last day, batched over the S strategies."""
     net_returns: np.ndarray
     turnover: np.ndarray
     costs: np.ndarray
+    end_state: Any = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,18 @@ class BatchSimulator(Simulator):
     def simulate(self, market: Market, orders: Orders) -> Paths:
         raise NotImplementedError
 
+    # A simulator that can continue paths overrides `simulate_from` and returns its book in
+    # `Paths.end_state` (a dataclass of arrays with the S strategies first, see
+    # tournament.simulators.resume): `simulate_from(market, orders, state)` simulates the
+    # horizon of `orders` starting from `state`, the book at the close of the day before
+    # orders.start, and must give that horizon's days as a full path would.
+    def simulate_from(self, market: Market, orders: Orders, state: Any) -> Paths:
+        raise NotImplementedError(f"{self.name} cannot continue a path")
+
+    @classmethod
+    def continues_paths(cls) -> bool:
+        return cls.simulate_from is not BatchSimulator.simulate_from
+
 
 class PerStrategySimulator(Simulator):
     def prepare(self, market: Market, orders: Orders) -> Any:
@@ -137,12 +152,18 @@ class PerStrategySimulator(Simulator):
         raise NotImplementedError
 
 
-def run_simulator(simulator: Simulator, market: Market, orders: Orders) -> SimulationResult:
-    """Simulate every strategy of `orders`; failures are recorded per strategy, with reasons."""
+def run_simulator(simulator: Simulator, market: Market, orders: Orders, *,
+                  state: Any = None) -> SimulationResult:
+    """Simulate every strategy of `orders`; failures are recorded per strategy, with reasons.
+    With `state` (a batch simulator that continues paths), from that book."""
     out = failed_result(simulator.name, orders, market.horizon_dates(orders), "not simulated")
     if not orders.keys:
         return out
-    if isinstance(simulator, BatchSimulator):
+    if state is not None:
+        if not (isinstance(simulator, BatchSimulator) and simulator.continues_paths()):
+            raise TypeError(f"{simulator.name} cannot continue a path")
+        _run_batch(simulator, market, orders, out, state=state)
+    elif isinstance(simulator, BatchSimulator):
         _run_batch(simulator, market, orders, out)
     elif isinstance(simulator, PerStrategySimulator):
         _run_each(simulator, market, orders, out)
@@ -153,12 +174,17 @@ def run_simulator(simulator: Simulator, market: Market, orders: Orders) -> Simul
 
 
 def _run_batch(simulator: BatchSimulator, market: Market, orders: Orders,
-               out: SimulationResult) -> None:
+               out: SimulationResult, *, state: Any = None) -> None:
     shape = (len(orders.keys), orders.horizon)
-    ok, paths, _ = _for_all(simulator, out,
-                            lambda: _check_shapes(simulator.simulate(market, orders), shape))
+
+    def call():
+        paths = (simulator.simulate(market, orders) if state is None
+                 else simulator.simulate_from(market, orders, state))
+        return _check_shapes(paths, shape)
+    ok, paths, _ = _for_all(simulator, out, call)
     if not ok:
         return
+    out.end_state = paths.end_state
     finite = np.isfinite(paths.net_returns).all(axis=1)
     for s in range(shape[0]):
         if finite[s]:

@@ -14,7 +14,7 @@ from .base import BatchSimulator, Market, Orders, Paths, clean_returns
 
 @dataclass(frozen=True)
 class KernelPaths(Paths):
-    trade: np.ndarray         # S x H bool (the trades actually made)
+    trade: np.ndarray = None  # S x H bool (the trades actually made)
 
 
 def simulate_paths(returns: np.ndarray, start: int, targets: np.ndarray, target_index: np.ndarray,

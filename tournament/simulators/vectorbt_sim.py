@@ -23,6 +23,7 @@ Outputs are plain numpy arrays; no Portfolio object leaves this module (not pick
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -42,66 +43,110 @@ def _import_vectorbt():
     return vbt
 
 
+@dataclass(frozen=True)
+class VectorbtBook:
+    """S strategies' vectorbt book at the close of one day (after its trades): units held of
+    each column (S x M: the N assets, then the loan), vectorbt cash (S), the N asset prices
+    (S x N, the path's cumprod(1 + R), equal across strategies) and the value (S). A path
+    continues from the book of the day before its stored last day (`simulate_from`)."""
+    units: np.ndarray
+    cash: np.ndarray
+    close: np.ndarray
+    value: np.ndarray
+
+
 def run_vectorbt(returns: np.ndarray, orders: Orders, *, init_cash: float = INIT_CASH,
-                 borrow: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(net_returns, turnover, costs), each S x H, from one batched vectorbt call."""
+                 borrow: bool = True, book: VectorbtBook | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, VectorbtBook | None]:
+    """(net_returns, turnover, costs), each S x H, from one batched vectorbt call, and the book
+    at the close of the horizon's second-to-last day (None when H < 2).
+
+    With `book` (the close of the day before orders.start), the path continues from it: one
+    extra bar before the horizon re-creates the book with fee-free orders (TargetAmount of
+    each column at the book's prices), and every horizon day is simulated as in a full path,
+    its first day's return included. The result matches the full path's days to rounding
+    (~1e-15 relative: vectorbt's cash is rebuilt by sums, not copied)."""
     vbt = _import_vectorbt()
     S, H = len(orders.keys), orders.horizon
     N = orders.targets.shape[2]
     growth = 1.0 + clean_returns(returns)[orders.start:orders.end + 1]
     if growth.shape[0] != H:
         raise ValueError(f"returns have {growth.shape[0]} horizon rows, orders need {H}")
-    growth[0] = 1.0                         # bar 0 = first rebalance day; its own return is
-    close = np.cumprod(growth, axis=0)      # earned before the path starts
-    # size: S x H x N target weights on trade days, NaN otherwise. One extra column per
+    M = N + 1 if borrow else N
+    lead = 0 if book is None else 1          # the extra bar that re-creates the book
+    B = H + lead
+    if book is None:
+        growth[0] = 1.0                     # bar 0 = first rebalance day; its own return is
+        close = np.cumprod(growth, axis=0)  # earned before the path starts
+    else:
+        if not borrow or book.units.shape != (S, M):
+            raise ValueError(f"book of shape {book.units.shape} for {S} strategies x {M} columns")
+        # The same sequential product as the full path's, continued from the book's prices.
+        close = np.cumprod(np.vstack([book.close[:1], growth]), axis=0)
+    # size: B x S x M target weights on trade days, NaN otherwise. One extra column per
     # strategy, the "loan" (price 1, no fees), is shorted once on bar 0 so vectorbt's cash can
     # pay fees beyond a fully invested target, as the convention's cash leg does (0% interest).
-    # Built day-major (H x S x M), the layout vectorbt takes, so no S x H x M copy is made.
-    M = N + 1 if borrow else N
-    size = np.full((H, S, M), np.nan)
+    # Built day-major (B x S x M), the layout vectorbt takes, so no S x B x M copy is made.
+    size = np.full((B, S, M), np.nan)
     paths = orders.targets[:, orders.target_index].transpose(1, 0, 2)    # H x S x N
-    size[:, :, :N] = np.where(orders.trade.T[:, :, None], paths, np.nan)
-    prices = np.ones((H, M))
+    size[lead:, :, :N] = np.where(orders.trade.T[:, :, None], paths, np.nan)
+    prices = np.ones((B, M))
     prices[:, :N] = close
-    fees = np.full(M, float(orders.cost_rate))
+    from vectorbt.portfolio.enums import SizeType
+    types = np.full((B, M), SizeType.TargetPercent, dtype=np.int64)
+    fees = np.full((B, M), float(orders.cost_rate))
     if borrow:
-        size[0, :, N] = -float(init_cash)            # short the loan once: cash += init_cash
-        fees[N] = 0.0
-    size = size.reshape(H, S * M)
+        types[:, N] = SizeType.TargetAmount
+        fees[:, N] = 0.0
+    if book is None:
+        cash0 = np.full(S, float(init_cash))
+        if borrow:
+            size[0, :, N] = -float(init_cash)        # short the loan once: cash += init_cash
+    else:
+        size[0] = book.units                         # re-create the book, fee-free
+        types[0] = SizeType.TargetAmount
+        fees[0] = 0.0
+        # cash before those orders: the book's cash, less the loan's proceeds, plus the
+        # assets' cost, i.e. the book's value
+        cash0 = book.value.astype(float)
+    size = size.reshape(B, S * M)
     columns = pd.MultiIndex.from_product([range(S), range(M)], names=["strategy", "asset"])
-    index = pd.RangeIndex(H)
+    index = pd.RangeIndex(B)
     close_df = pd.DataFrame(np.tile(prices, (1, S)), index=index, columns=columns)
     size_df = pd.DataFrame(size, index=index, columns=columns)
-    from vectorbt.portfolio.enums import SizeType
-    types = np.full(M, SizeType.TargetPercent, dtype=np.int64)
-    if borrow:
-        types[N] = SizeType.TargetAmount
-    types = np.tile(types, S)[None, :]
-    fee_row = np.tile(fees, S)[None, :]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         pf = vbt.Portfolio.from_orders(
-            close=close_df, size=size_df, size_type=types, price=close_df,
-            fees=fee_row, init_cash=init_cash, cash_sharing=True,
+            close=close_df, size=size_df, size_type=np.tile(types, (1, S)), price=close_df,
+            fees=np.tile(fees, (1, S)), init_cash=cash0, cash_sharing=True,
             group_by="strategy", call_seq="auto", freq="1D")
-        value = np.asarray(pf.value(), dtype=float).reshape(H, S).T       # S x H, post-trade
+        value = np.asarray(pf.value(), dtype=float).reshape(B, S).T       # S x B, post-trade
         rec = pf.orders.values
-    rec = rec[np.asarray(rec["col"]) % M < N]        # real assets only (not the loan)
+        end_book = None
+        if H >= 2 and borrow:
+            last = B - 2                 # the close of the horizon's second-to-last day
+            units = np.asarray(pf.assets(), dtype=float)[last].reshape(S, M)
+            cash = np.asarray(pf.cash(), dtype=float)[last].reshape(S)
+            end_book = VectorbtBook(units=units, cash=cash,
+                                    close=np.tile(close[last], (S, 1)), value=value[:, last])
+    rec = rec[(np.asarray(rec["col"]) % M < N) & (np.asarray(rec["idx"]) >= lead)]
     col = np.asarray(rec["col"], dtype=np.int64)
-    day = np.asarray(rec["idx"], dtype=np.int64)
+    day = np.asarray(rec["idx"], dtype=np.int64) - lead
     notional = np.abs(np.asarray(rec["size"]) * np.asarray(rec["price"]))
-    fees = np.asarray(rec["fees"], dtype=float)
+    paid_fees = np.asarray(rec["fees"], dtype=float)
     strat = col // M
     traded = np.zeros((S, H))
     paid = np.zeros((S, H))
     np.add.at(traded, (strat, day), notional)
-    np.add.at(paid, (strat, day), fees)
+    np.add.at(paid, (strat, day), paid_fees)
+    value = value[:, lead:]
     # trades at the close price change value only by the fees: pre-trade value = post + fees
     pre = value + paid
-    prev = np.concatenate([np.full((S, 1), float(init_cash)), value[:, :-1]], axis=1)
+    first = np.full((S, 1), float(init_cash)) if book is None else book.value[:, None]
+    prev = np.concatenate([first, value[:, :-1]], axis=1)
     net = value / prev - 1.0
-    return net, traded / (2.0 * pre), paid / pre
+    return net, traded / (2.0 * pre), paid / pre, end_book
 
 
 class VectorbtSimulator(BatchSimulator):
@@ -109,5 +154,9 @@ class VectorbtSimulator(BatchSimulator):
     code_version = "1"
 
     def simulate(self, market: Market, orders: Orders) -> Paths:
-        net, turnover, costs = run_vectorbt(market.returns, orders)
-        return Paths(net_returns=net, turnover=turnover, costs=costs)
+        net, turnover, costs, book = run_vectorbt(market.returns, orders)
+        return Paths(net_returns=net, turnover=turnover, costs=costs, end_state=book)
+
+    def simulate_from(self, market: Market, orders: Orders, state: VectorbtBook) -> Paths:
+        net, turnover, costs, book = run_vectorbt(market.returns, orders, book=state)
+        return Paths(net_returns=net, turnover=turnover, costs=costs, end_state=book)
