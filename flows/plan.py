@@ -27,9 +27,12 @@ DEFAULT_RESULT_STORAGE = ".tournament-cache/results"
 TARGET_CHUNK_SECONDS = 4.0
 MAX_WINDOW_BLOCKS = 8
 
-# Strategies per Stage 2 task by simulator: batched simulators take a whole selection group;
-# per-strategy simulators (~1 s per backtest) get small chunks to balance the workers.
-STAGE2_CHUNK = {"custom": None, "vectorbt": None, "cvxportfolio": 4, "nautilus": 2}
+# Strategies per Stage 2 task by simulator: 0 = every strategy of the pair in one task (the
+# custom kernel simulates them all in ~0.05 s, less than a task's own ~0.2 s of Prefect and
+# Ray overhead); None = one task per selection group (vectorbt: ~1 s per group when paths
+# are simulated in full, so the groups balance the workers); n = pieces of n per selection
+# (per-strategy simulators, ~1 s per backtest).
+STAGE2_CHUNK = {"custom": 0, "vectorbt": None, "cvxportfolio": 4, "nautilus": 2}
 # Rough relative cost per strategy, to submit the slowest chunks first (shorter tail).
 STAGE2_COST = {"custom": 0.01, "vectorbt": 0.2, "cvxportfolio": 1.0, "nautilus": 2.0}
 
@@ -137,7 +140,8 @@ def cell_chunk(name: str, cells: list, unit_keys: list) -> Chunk:
     return Chunk(name, cells, cache_key(parts), parts, unit_keys)
 
 
-def split_partly_stored(chunks: list[Chunk], exists, *, n_assets: int) -> list[Chunk]:
+def split_partly_stored(chunks: list[Chunk], exists, *, n_assets: int,
+                        workers=lambda: 1) -> list[Chunk]:
     """Stage 1's chunks with the cells that must be solved gathered apart (`exists(key)`: is
     that key in result storage).
 
@@ -145,8 +149,10 @@ def split_partly_stored(chunks: list[Chunk], exists, *, n_assets: int) -> list[C
     every chunk holding all windows of a strategy, the night a window is appended) are split:
     their stored and unsupported cells become ONE chunk that computes nothing (replayed in
     this process), and their missing cells are packed together into chunks of about
-    TARGET_CHUNK_SECONDS. So a night's few new cells take a task or two, not one per old
-    chunk, and no stored cell is solved again whatever the grouping."""
+    TARGET_CHUNK_SECONDS, and into at least `workers()` chunks (the CPUs that can solve them
+    at once; asked only when there are cells to solve), dealt round-robin so each holds a mix
+    of engines. So a night's few new cells take a task per worker, not one per old chunk,
+    and no stored cell is solved again whatever the grouping."""
     keep, stored_part, missing = [], [], []
     for chunk in chunks:
         if exists(chunk.key):
@@ -164,18 +170,21 @@ def split_partly_stored(chunks: list[Chunk], exists, *, n_assets: int) -> list[C
     per_cell = estimated_cell_seconds(n_assets)
     size = max(1, int(TARGET_CHUNK_SECONDS / per_cell))
     missing.sort(key=lambda m: (m[0].selection, m[0].engine, m[0].profile, m[0].window))
-    for i in range(0, len(missing), size):
-        piece = missing[i:i + size]
-        out.append(cell_chunk(f"new cells #{i // size}", *map(list, zip(*piece))))
+    if missing:
+        n = max(-(-len(missing) // size), min(int(workers()), len(missing)))
+        for i in range(n):
+            out.append(cell_chunk(f"new cells #{i}", *map(list, zip(*missing[i::n]))))
     return out
 
 
 def stage2_chunks(keys, simulator: str) -> list[tuple[str, list]]:
-    """Group strategies by selection, then fixed-size pieces for per-strategy simulators."""
+    """Group strategies by selection, then fixed-size pieces for per-strategy simulators; or
+    one group of every strategy (STAGE2_CHUNK 0)."""
     size = STAGE2_CHUNK.get(simulator)
     groups: dict[str, list] = {}
     for k in sorted(keys):
-        groups.setdefault(k[0], []).append(k)
+        groups.setdefault("every" if size == 0 else k[0], []).append(k)
+    size = size or None
     out = []
     for sel, group in sorted(groups.items()):
         step = size or len(group)

@@ -10,6 +10,8 @@ through parameters.
 """
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 import uuid
@@ -271,7 +273,20 @@ def split_stored(stage: StageRun, chunks: list[Chunk]) -> list[Chunk]:
     unchanged with --refresh, which recomputes everything)."""
     if stage.refresh or not chunks:
         return chunks
-    return split_partly_stored(chunks, stage.is_stored, n_assets=stage.dataset.n_assets)
+    return split_partly_stored(chunks, stage.is_stored, n_assets=stage.dataset.n_assets,
+                               workers=lambda: ray_cpus(stage.num_cpus))
+
+
+def ray_cpus(num_cpus: int | None) -> int:
+    """CPUs of the Ray cluster this process is attached to; when it is not attached yet, the
+    local Ray's (`num_cpus`, else this machine's). Never imports Ray."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        try:
+            return max(1, int(ray.cluster_resources().get("CPU", 1)))
+        except Exception:  # noqa: BLE001 - a planning hint only
+            pass
+    return max(1, num_cpus or os.cpu_count() or 1)
 
 
 def run_chunks(task, chunks: list[Chunk], stored: set[str], *, local_args, ray_args,

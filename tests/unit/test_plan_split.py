@@ -37,3 +37,26 @@ def test_many_new_cells_are_packed_into_chunks_of_about_the_target_cost():
     out = split_partly_stored([chunk], {chunk.unit_keys[0]}.__contains__, n_assets=200)
     new = [c for c in out if c.name.startswith("new cells")]
     assert sum(len(c.members) for c in new) == 399 and len(new) == 5   # 84 cells per chunk
+
+
+def test_a_nights_new_cells_are_dealt_to_every_worker():
+    """34 new cells at 200 assets fit one chunk by cost (84 per chunk); with 2 workers they
+    go into 2 chunks dealt round-robin, so both workers solve and each gets both engines."""
+    old = [_chunk(f"all/{e}/min_variance", range(17), engine=e) for e in ("custom", "skfolio")]
+    grown = [_chunk(f"all/{e}/min_variance", range(34), engine=e) for e in ("custom", "skfolio")]
+    stored = {k for c in old for k in c.unit_keys}
+    out = split_partly_stored(grown, stored.__contains__, n_assets=200, workers=lambda: 2)
+    new = [c for c in out if c.name.startswith("new cells")]
+    assert [len(c.members) for c in new] == [17, 17]
+    assert all({m.engine for m in c.members} == {"custom", "skfolio"} for c in new)
+    assert sorted(k for c in new for k in c.unit_keys) == sorted(
+        k for c in grown for k in c.unit_keys if k not in stored)
+    # one cell to solve: one chunk, whatever the workers; none: no chunk, workers not asked
+    one = split_partly_stored([_chunk("x", range(3))], {"k-custom-min_variance-0",
+                                                       "k-custom-min_variance-1"}.__contains__,
+                              n_assets=200, workers=lambda: 8)
+    assert [len(c.members) for c in one if c.name.startswith("new cells")] == [1]
+
+    def never():
+        raise AssertionError("workers asked with nothing to solve")
+    assert split_partly_stored(old, stored.__contains__, n_assets=200, workers=never) == old
