@@ -262,7 +262,7 @@ def prewarm_workers(simulators=(), engines=()) -> list:
     from tournament.registry import warm_modules
 
     @ray.remote(num_cpus=1)
-    def warm(modules, later, vectorbt: bool):
+    def warm(modules, vectorbt: bool):
         import importlib
         import threading
         import time
@@ -270,20 +270,17 @@ def prewarm_workers(simulators=(), engines=()) -> list:
         for name in modules:
             importlib.import_module(name)
         t1 = time.perf_counter()
-        threading.Thread(target=_warm_later, args=(later, vectorbt), name="warm-later",
-                         daemon=True).start()
+        if vectorbt:
+            threading.Thread(target=_touch_vectorbt, name="numba-load", daemon=True).start()
         time.sleep(0.2)     # hold the worker briefly so each CPU gets one warm-up task
         return {"pid": os.getpid(), "imports": t1 - t0}
 
-    # What Stage 1 needs is imported before the worker is free; what only Stage 2 and the
-    # report need (the simulators' libraries, matplotlib, vectorbt's numba code) follows in a
-    # thread, so a night's first cells start ~2 s sooner.
-    modules = ["prefect", "prefect.task_engine", "tasks.stage1"]
+    modules = ["prefect", "prefect.task_engine", "tasks.stage1", "tasks.stage2",
+               "tasks.outputs", "matplotlib.pyplot"]
     modules += [m for e in engines for m in warm_modules("engine", e)]
-    later = ["tasks.stage2", "tasks.outputs", "matplotlib.pyplot"]
-    later += [m for s in simulators for m in warm_modules("simulator", s)]
+    modules += [m for s in simulators for m in warm_modules("simulator", s)]
     n = int(ray.cluster_resources().get("CPU", 1))
-    refs = [warm.remote(modules, later, "vectorbt" in simulators) for _ in range(n)]
+    refs = [warm.remote(modules, "vectorbt" in simulators) for _ in range(n)]
     _WARMUPS[:] = refs
     return refs
 
@@ -318,17 +315,6 @@ def _numba_seconds_here() -> list[float]:
     # A module function: a remote function reaches this worker's own list through it (a
     # global named in a remote function's body would travel as the driver's copy).
     return list(_NUMBA_SECONDS)
-
-
-def _warm_later(modules, vectorbt: bool) -> None:
-    import importlib
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - a warm-up only: the task that needs it will say
-            return
-    if vectorbt:
-        _touch_vectorbt()
 
 
 def _touch_vectorbt() -> None:
