@@ -155,3 +155,24 @@ def test_cell_text():
     assert md("a|b\n<c>") == "a\\|b &lt;c&gt;"
     assert md_table(pd.DataFrame({"x": [0.5], "y": ["k"]}), ["x", "z", "y"]).splitlines() == [
         "| x | y |", "|---|---|", "| 0.5000 | k |"]
+
+
+def test_the_charts_drawn_from_their_rows_alone_are_the_same_pngs():
+    """flows.run_outputs sends the charts' worker only chart_returns(results, returns): the
+    rows of each simulator's top strategies and baselines. The PNGs must not change."""
+    import pandas as pd
+
+    from tournament.config import load_config
+    from tournament.data import load_dataset
+    from tournament.pipeline import run_tournament
+    from tournament.report.charts import chart_images, chart_returns
+    ds = load_dataset("sp500", days=300)
+    cfg = load_config(engines=["custom"], selections=["all", "momentum"],
+                      profiles=["equal_weight", "min_variance"], rebalances=["window", "daily"],
+                      train=120, test=20, step=20)
+    run = run_tournament(ds, cfg)
+    sub = chart_returns(run.results, run.returns)
+    assert 0 < len(sub) < len(run.returns)
+    assert chart_images(run.results, sub) == chart_images(run.results, run.returns)
+    assert chart_returns(run.results, run.returns.iloc[:0]).empty
+    pd.testing.assert_frame_equal(chart_returns(run.results, sub), sub)

@@ -18,6 +18,9 @@ from .format import is_missing
 from .frames import equity_baselines, selections
 
 
+EQUITY_TOP = 5       # strategies per equity chart (each simulator's best by Sharpe)
+
+
 def _plt():
     import matplotlib
     matplotlib.use("Agg", force=True)
@@ -38,7 +41,7 @@ def _label(row) -> str:
 
 
 def equity_chart(returns: pd.DataFrame, results: pd.DataFrame, simulator: str, *,
-                 top: int = 5) -> str | None:
+                 top: int = EQUITY_TOP) -> str | None:
     """Top strategies (by Sharpe, this simulator) and the baselines as growth of 1."""
     if returns.empty or results.empty:
         return None
@@ -49,7 +52,7 @@ def equity_chart(returns: pd.DataFrame, results: pd.DataFrame, simulator: str, *
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, 4.2))
-    ret = returns.copy()
+    ret = _rows_of(returns, [tuple(row[k] for k in KEYS) for row, _ in lines])
     ret["date"] = pd.to_datetime(ret["date"])
     index = ret.set_index(KEYS).sort_index()
     for row, is_base in lines:
@@ -71,6 +74,32 @@ def equity_chart(returns: pd.DataFrame, results: pd.DataFrame, simulator: str, *
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.autofmt_xdate()
     return _png(fig)
+
+
+def _rows_of(returns: pd.DataFrame, keys: list[tuple]) -> pd.DataFrame:
+    """The rows of `returns` whose KEYS are in `keys` (a copy; indexing all ~10^5-10^6 daily
+    rows to plot a few paths was most of a chart's time)."""
+    if not keys:
+        return returns.iloc[:0].copy()
+    wanted = pd.MultiIndex.from_tuples(keys, names=KEYS)
+    have = pd.MultiIndex.from_frame(returns[KEYS])
+    return returns[have.isin(wanted)].copy()
+
+
+def chart_returns(results: pd.DataFrame, returns: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `returns` that `chart_images(results, returns)` draws (each simulator's
+    top strategies and baselines), so a worker drawing the charts is sent only those:
+    chart_images(results, chart_returns(results, returns)) == chart_images(results, returns)."""
+    if returns.empty or results.empty:
+        return returns
+    keys = []
+    for sim in sorted(results["simulator"].dropna().unique()):
+        board = leaderboard_frame(results, top=EQUITY_TOP, simulator=sim,
+                                  with_baselines=False)
+        rows = [r for _, r in board.iterrows()]
+        rows += [r for _, r in equity_baselines(results, sim).iterrows()]
+        keys += [tuple(r[k] for k in KEYS) for r in rows]
+    return _rows_of(returns, keys)
 
 
 def heatmap_chart(results: pd.DataFrame, selection: str, simulator: str) -> str | None:
