@@ -125,6 +125,12 @@ class Simulator:
     # Libraries imported lazily by the simulator, imported by a Ray worker's warm-up.
     warm_imports: ClassVar[tuple[str, ...]] = ()
 
+    @classmethod
+    def continues_paths(cls) -> bool:
+        """Whether the simulator can continue a stored path (only a batch simulator that
+        overrides `simulate_from` can); every other simulator simulates whole paths."""
+        return False
+
 
 class BatchSimulator(Simulator):
     def simulate(self, market: Market, orders: Orders) -> Paths:
