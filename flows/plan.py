@@ -177,10 +177,10 @@ def split_partly_stored(chunks: list[Chunk], exists, *, n_assets: int,
     return out
 
 
-def stage2_chunks(keys, simulator: str) -> list[tuple[str, list]]:
+def stage2_chunks(keys, simulator: str, *, whole: bool = False) -> list[tuple[str, list]]:
     """Group strategies by selection, then fixed-size pieces for per-strategy simulators; or
-    one group of every strategy (STAGE2_CHUNK 0)."""
-    size = STAGE2_CHUNK.get(simulator)
+    one group of every strategy (STAGE2_CHUNK 0, or `whole`)."""
+    size = 0 if whole else STAGE2_CHUNK.get(simulator)
     groups: dict[str, list] = {}
     for k in sorted(keys):
         groups.setdefault("every" if size == 0 else k[0], []).append(k)
@@ -203,9 +203,11 @@ class SimulationChunk(Chunk):
         return {**super().task_kwargs(), "rebalance": self.rebalance, "simulator": self.simulator}
 
 
-def stage2_plan(config, dataset, cube, strategies, pairs) -> list[SimulationChunk]:
+def stage2_plan(config, dataset, cube, strategies, pairs, *,
+                whole_pairs=frozenset()) -> list[SimulationChunk]:
     """Stage 2 chunks, most expensive first (a shorter tail on the workers). The data enters
-    each key as the fingerprint of the horizon rows every path simulates, once."""
+    each key as the fingerprint of the horizon rows every path simulates, once. The pairs in
+    `whole_pairs` get one chunk of every strategy (see continuing_pairs)."""
     from tournament.simulators.orders import horizon_rows
     digests = {k: cube.schedule_digest(k) for k in strategies}
     rows, end = horizon_rows(cube, dataset.dates)
@@ -213,7 +215,8 @@ def stage2_plan(config, dataset, cube, strategies, pairs) -> list[SimulationChun
                                      int(rows[0]), end)
     out = []
     for rebalance, simulator in pairs:
-        for name, chunk in stage2_chunks(strategies, simulator):
+        for name, chunk in stage2_chunks(strategies, simulator,
+                                         whole=(rebalance, simulator) in whole_pairs):
             parts = stage2_key_parts([digests[k] for k in chunk], rebalance=rebalance,
                                      simulator=simulator, returns_fingerprint=returns_fp,
                                      config=config)
@@ -223,6 +226,31 @@ def stage2_plan(config, dataset, cube, strategies, pairs) -> list[SimulationChun
                                        parts, units, rebalance=rebalance, simulator=simulator,
                                        cost=cost))
     out.sort(key=lambda c: -c.cost)
+    return out
+
+
+def continuing_pairs(chunks: list[SimulationChunk], exists, end_key) -> set[tuple[str, str]]:
+    """The (rebalance, simulator) pairs to simulate in ONE task each: those of a simulator
+    that continues paths (tournament.simulators.base.BatchSimulator.simulate_from) with a
+    simulation to compute (`exists(key)`: is that key in result storage; a pair whose chunks
+    all replay keeps its grouping, so a warm rerun finds its chunks) and a stored path end
+    for every strategy (`end_key(strategy, rebalance, simulator)`): a night after a run of
+    this grid. Continuing a path simulates only the new days (milliseconds), less than a
+    task's own Prefect and Ray overhead, so one task per pair beats one per selection. A
+    stored end that turns out not to match (a corrected price) is simulated in full, in
+    that one task: correct, only less parallel."""
+    from tournament.stage2 import simulator_instance
+    by_pair: dict[tuple[str, str], list[SimulationChunk]] = {}
+    for c in chunks:
+        by_pair.setdefault((c.rebalance, c.simulator), []).append(c)
+    out = set()
+    for (rebalance, simulator), group in by_pair.items():
+        if len(group) < 2 or not simulator_instance(simulator).continues_paths():
+            continue
+        if replayable(group, exists) == {c.key for c in group}:
+            continue
+        if all(exists(end_key(k, rebalance, simulator)) for c in group for k in c.members):
+            out.add((rebalance, simulator))
     return out
 
 

@@ -14,9 +14,9 @@ from prefect import flow, get_run_logger
 
 from tournament.schema import OK
 from tournament.stage2 import (benchmark_simulations, merge_results, ok_strategies,
-                               simulation_pairs)
+                               path_end_key, simulation_pairs)
 
-from .plan import stage2_plan
+from .plan import continuing_pairs, stage2_plan
 from .ray_runner import LazyRayTaskRunner
 from .rerun import load_cube
 from .stage_run import (current, ensure_current_ray, is_cached, run_chunks, stage_counts,
@@ -124,13 +124,23 @@ def _simulate_pairs(stage: StageRun, simulate_chunk, pairs: list[tuple[str, str]
     continuing a stored path, simulating only its new days); returns the simulations merged
     per pair."""
     cfg, ds, cube = stage.config, stage.dataset, stage.cube
-    if strategies is None:
-        chunks = stage2_plan(cfg, ds, cube, ok_strategies(cube), pairs)
-    else:
+
+    def plan(whole=frozenset()):
+        if strategies is None:
+            return stage2_plan(cfg, ds, cube, ok_strategies(cube), pairs, whole_pairs=whole)
         chunks = [c for r in sorted({r for r, _ in pairs})
                   for c in stage2_plan(cfg, ds, cube, sorted(strategies.get(r, [])),
-                                       [p for p in pairs if p[0] == r])]
-        chunks.sort(key=lambda c: -c.cost)
+                                       [p for p in pairs if p[0] == r], whole_pairs=whole)]
+        return sorted(chunks, key=lambda c: -c.cost)
+
+    chunks = plan()
+    if not stage.refresh and chunks:
+        # A night: paths that continue from their stored ends go in one task per pair.
+        first_day = cube.window_starts[0]
+        whole = continuing_pairs(chunks, stage.is_stored, lambda k, r, s: path_end_key(
+            k, rebalance=r, simulator=s, first_day=first_day, config=cfg))
+        if whole:
+            chunks = plan(whole)
     stored = stored_chunks(stage, chunks)
     task = simulate_chunk.with_options(result_storage=stage.storage, refresh_cache=stage.refresh)
     for c in chunks:

@@ -137,8 +137,8 @@ def test_a_nightly_flow_run_continues_vectorbt_paths_and_matches_a_cold_run(ray_
                                                                              tmp_path):
     """The tournament flow, medium fidelity, on a prices file that grows by 25 days (one new
     window) between two runs on one result storage: the second run simulates every vectorbt
-    path by continuing it (manifest `continued`), the custom paths in full, and its results
-    equal a cold run's on the longer file (separate storage)."""
+    path by continuing it (manifest `continued`), in one task per mode, the custom paths in
+    full, and its results equal a cold run's on the longer file (separate storage)."""
     import importlib.util
     import json
     import shutil
@@ -154,7 +154,7 @@ def test_a_nightly_flow_run_continues_vectorbt_paths_and_matches_a_cold_run(ray_
     prices = tmp_path / "prices.parquet"
     grow_prices.grow(prices, init=280)
     start = str(pd.read_parquet(prices, columns=["date"])["date"].iloc[0].date())
-    grid = {"engines": ["custom"], "selections": ["all"],
+    grid = {"engines": ["custom"], "selections": ["all", "momentum"],
             "profiles": ["equal_weight", "min_variance"], "rebalances": ["window", "daily"],
             "train": 180, "test": 40, "step": 20, "start": start}
 
@@ -172,9 +172,12 @@ def test_a_nightly_flow_run_continues_vectorbt_paths_and_matches_a_cold_run(ray_
     night, got = run(prices, "night1", "store")
     cold, want = run(longer, "cold", "cold-store")
     n_vbt = int(((want.simulator == "vectorbt") & (want.status == OK)).sum())
-    assert n_vbt == 2 * 3                    # 2 modes x (equal_weight, min_variance, baseline)
+    assert n_vbt == 2 * 5         # 2 modes x (2 selections x 2 profiles + the baseline)
     assert night["continued"] == n_vbt and night["computed"] == 2 * n_vbt
     assert cold["continued"] == 0 and cold["computed"] == 2 * n_vbt
+    # Tasks: custom one per mode; vectorbt one per mode and selection when cold, one per
+    # mode on the night (every path continues: flows.plan.continuing_pairs).
+    assert cold["tasks"] == 2 + 2 * 2 and night["tasks"] == 2 + 2
     metrics = [c for c in want.columns if want[c].dtype.kind == "f" and c != "sim_seconds"]
     pd.testing.assert_frame_equal(got[metrics], want[metrics], rtol=1e-9, atol=1e-12)
     pd.testing.assert_frame_equal(got.drop(columns=metrics + ["sim_seconds"]),

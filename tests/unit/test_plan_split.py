@@ -60,3 +60,51 @@ def test_a_nights_new_cells_are_dealt_to_every_worker():
     def never():
         raise AssertionError("workers asked with nothing to solve")
     assert split_partly_stored(old, stored.__contains__, n_assets=200, workers=never) == old
+
+
+def _sim_chunks(rebalance, simulator, groups, stored_units=()):
+    from flows.plan import SimulationChunk
+    out = []
+    for sel, names in groups.items():
+        members = [(sel, "custom", n) for n in names]
+        units = [f"u-{rebalance}-{simulator}-{sel}-{n}" for n in names]
+        out.append(SimulationChunk(f"{rebalance}/{simulator}/{sel}#0", members,
+                                   f"c-{rebalance}-{simulator}-{sel}", {}, units,
+                                   rebalance=rebalance, simulator=simulator))
+    return out
+
+
+def test_a_night_simulates_each_continuing_pair_in_one_task():
+    """continuing_pairs: a pair of a simulator that continues paths (vectorbt), with work to
+    do and a stored path end for every strategy, goes in one task; the custom kernel (it
+    does not continue), a pair whose chunks all replay (a warm rerun), a pair missing an
+    end (a new strategy) or holding one chunk keep their grouping."""
+    from flows.plan import continuing_pairs
+    groups = {"all": ["a", "b"], "momentum": ["c"]}
+    vbt = _sim_chunks("window", "vectorbt", groups)
+    custom = _sim_chunks("window", "custom", groups)
+    daily = _sim_chunks("daily", "vectorbt", groups)
+    ends = {("window", "vectorbt"), ("window", "custom"), ("daily", "vectorbt")}
+
+    def end_key(k, r, s):
+        return f"end-{r}-{s}-{k[2]}"
+
+    stored = {end_key((None, None, n), r, s) for r, s in ends for n in "abc"}
+    assert continuing_pairs(vbt + custom + daily, stored.__contains__, end_key) == {
+        ("window", "vectorbt"), ("daily", "vectorbt")}
+    # a warm rerun: every unit of the daily pair stored -> it keeps its (stored) chunks
+    warm = stored | {u for c in daily for u in c.unit_keys}
+    assert continuing_pairs(vbt + daily, warm.__contains__, end_key) == {("window", "vectorbt")}
+    # a strategy with no stored end (new this night): its pair keeps its grouping
+    assert continuing_pairs(vbt, (stored - {"end-window-vectorbt-c"}).__contains__,
+                            end_key) == set()
+    # one chunk per pair already: nothing to merge
+    assert continuing_pairs(_sim_chunks("window", "vectorbt", {"all": ["a", "b"]}),
+                            stored.__contains__, end_key) == set()
+
+
+def test_whole_pairs_get_one_chunk_of_every_strategy_with_the_same_units():
+    from flows.plan import stage2_chunks
+    keys = [("all", "custom", "a"), ("all", "custom", "b"), ("momentum", "custom", "c")]
+    assert [n for n, _ in stage2_chunks(keys, "vectorbt")] == ["all#0", "momentum#0"]
+    assert stage2_chunks(keys, "vectorbt", whole=True) == [("every#0", sorted(keys))]
