@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -252,26 +253,27 @@ def start_compute(address: str | None, *, num_cpus: int | None, simulators=(),
 
 def prewarm_workers(simulators=(), engines=()) -> list:
     """Warm every Ray worker now: import Prefect, the task modules, the run's engines and
-    simulators, then load vectorbt's numba cache with a one-day simulation in a thread of
-    the worker (Stage 1 tasks need not wait for it; Stage 2's vectorbt tasks find it
-    loaded). On the CLI path this overlaps the Prefect server's boot or the flow's
+    simulators. On the CLI path this overlaps the Prefect server's boot or the flow's
     planning, so the first real tasks do not pay ~2-3 s each for it (returns refs; nobody
-    needs to wait on them)."""
+    needs to wait on them). vectorbt's numba cache is loaded (a one-day simulation) in a
+    thread of the worker, so Stage 2's vectorbt tasks find it loaded: at once when the run
+    has no engines, else once the worker's first Stage 1 task ends (numba_load_after_stage1):
+    a night's few new cells then solve without that thread (~2 s of CPU) taking turns with
+    them at the GIL."""
     import ray
 
     from tournament.registry import warm_modules
 
     @ray.remote(num_cpus=1)
-    def warm(modules, vectorbt: bool):
+    def warm(modules, vectorbt: bool, defer_numba: bool):
         import importlib
-        import threading
         import time
         t0 = time.perf_counter()
         for name in modules:
             importlib.import_module(name)
         t1 = time.perf_counter()
         if vectorbt:
-            threading.Thread(target=_touch_vectorbt, name="numba-load", daemon=True).start()
+            (defer_numba_load if defer_numba else start_numba_load)()
         time.sleep(0.2)     # hold the worker briefly so each CPU gets one warm-up task
         return {"pid": os.getpid(), "imports": t1 - t0}
 
@@ -280,7 +282,7 @@ def prewarm_workers(simulators=(), engines=()) -> list:
     modules += [m for e in engines for m in warm_modules("engine", e)]
     modules += [m for s in simulators for m in warm_modules("simulator", s)]
     n = int(ray.cluster_resources().get("CPU", 1))
-    refs = [warm.remote(modules, "vectorbt" in simulators) for _ in range(n)]
+    refs = [warm.remote(modules, "vectorbt" in simulators, bool(engines)) for _ in range(n)]
     _WARMUPS[:] = refs
     return refs
 
@@ -315,6 +317,31 @@ def _numba_seconds_here() -> list[float]:
     # A module function: a remote function reaches this worker's own list through it (a
     # global named in a remote function's body would travel as the driver's copy).
     return list(_NUMBA_SECONDS)
+
+
+# In a worker: whether its numba load waits for its first Stage 1 task, and whether it started.
+_NUMBA_LOAD = {"deferred": False, "started": False}
+_NUMBA_LOCK = threading.Lock()
+
+
+def defer_numba_load() -> None:
+    _NUMBA_LOAD["deferred"] = True
+
+
+def start_numba_load() -> None:
+    """Load vectorbt's numba functions in a thread of this process, once."""
+    with _NUMBA_LOCK:
+        if _NUMBA_LOAD["started"]:
+            return
+        _NUMBA_LOAD["started"] = True
+    threading.Thread(target=_touch_vectorbt, name="numba-load", daemon=True).start()
+
+
+def numba_load_after_stage1() -> None:
+    """Called as a Stage 1 task ends: a worker whose warm-up deferred its numba load starts it
+    now (elsewhere, e.g. the driver replaying stored chunks, nothing happens)."""
+    if _NUMBA_LOAD["deferred"]:
+        start_numba_load()
 
 
 def _touch_vectorbt() -> None:

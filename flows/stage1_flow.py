@@ -18,7 +18,8 @@ from tournament.schema import CUBE_PICKLE
 from .locking import run_dir_lock
 from .plan import stage1_plan
 from .ray_runner import LazyRayTaskRunner
-from .stage_run import (current, ensure_current_ray, is_cached, run_chunks, split_stored,
+from .stage_run import (current, ensure_current_ray, is_cached, preload_statistics_if_wanted,
+                        run_chunks, split_stored,
                         stage_counts, stage_docstring, stage_run_for,
                         StageRun, stored_chunks)
 
@@ -46,6 +47,7 @@ def _stage1(config: dict[str, Any] | None = None, data: str = "sp500",
     stage = stage_run_for(locals())
     with current(stage):
         cache = _solve_cells(stage)
+    preload_statistics_if_wanted()
     written = None
     if run_dir:
         with run_dir_lock(run_dir):

@@ -88,11 +88,10 @@ class StageRun:
             return
         import ray
         t0 = time.perf_counter()
-        # Something must be computed, so the statistics will be too: import their modules
-        # now, in a thread, behind the stages (a fully cached run never pays for them).
-        from tournament.outputs import preload_statistics_modules
-        threading.Thread(target=preload_statistics_modules, name="preload-statistics",
-                         daemon=True).start()
+        # Something must be computed, so the statistics will be too: their modules are
+        # imported in a thread behind Stage 2 (preload_statistics_if_wanted; a fully
+        # cached run never pays for them).
+        _STATISTICS["wanted"] = True
         start_compute(self.ray_address, num_cpus=self.num_cpus,
                       simulators=self.config.simulators, engines=self.config.engines)
         self.warmups = warmup_refs()
@@ -110,8 +109,26 @@ class StageRun:
         if self.cube_ref is None:
             import ray
             self.ensure_ray()
+            preload_statistics_if_wanted()
             self.cube_ref = ray.put(self.cube)
         return self.cube_ref
+
+
+# Whether this process computes something (so it will compute statistics) and has started
+# importing the statistics' modules (scipy.stats, arch with statsmodels: ~2 s of CPU).
+_STATISTICS = {"wanted": False, "started": False}
+
+
+def preload_statistics_if_wanted() -> None:
+    """Import the statistics' modules in a thread, once, if this process computes something.
+    Called when Stage 1 ends and when Stage 2 first submits to Ray: not earlier, where the
+    import would take CPU from Ray's workers starting and importing on the same cores
+    (a night's critical path), but behind Stage 2, where this process mostly waits."""
+    if _STATISTICS["wanted"] and not _STATISTICS["started"]:
+        _STATISTICS["started"] = True
+        from tournament.outputs import preload_statistics_modules
+        threading.Thread(target=preload_statistics_modules, name="preload-statistics",
+                         daemon=True).start()
 
 
 # The stage running in this thread. Its task runner starts Ray through it on the first submit
