@@ -29,6 +29,23 @@ os.environ["TOURNAMENT_EXECUTION_LOG"] = str(_SESSION_DIR / "executions.jsonl")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _cpu_has(*flags: str) -> bool:
+    try:
+        words = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return all(f in words for f in flags)
+
+
+# Before anything imports numpy: OpenBLAS picks its kernels by CPU, and an AVX-512 Intel
+# CPU's ("SkylakeX") round differently from AMD's ("Zen") and AVX2 Intel's ("Haswell"): the
+# default cube's weights then differ in the last bits. The golden digests are recorded with
+# the Haswell kernels, so the suite and every process it starts (they inherit this) use
+# them on any x86-64 CPU that has AVX2 and FMA (tournament.golden.GOLDEN_BLAS_CORE).
+if _cpu_has("avx2", "fma"):
+    os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")
+
+
 @pytest.fixture(scope="session")
 def session_dir() -> Path:
     return _SESSION_DIR

@@ -7,11 +7,17 @@ leaderboard shows, timings excepted. A change that moves numbers on purpose rege
 from __future__ import annotations
 
 import json
+import os
 
-from tournament.golden import GOLDEN_FILE, default_run_digests
+from tournament.golden import GOLDEN_FILE, MATCHING_BLAS_CORES, blas_core, default_run_digests
 
 
 def test_default_run_matches_golden_digests(default_cube, sp500):
+    # Bit-exact digests need the kernels they were recorded with (tests/conftest.py sets
+    # OPENBLAS_CORETYPE before numpy loads; see tournament.golden).
+    assert blas_core() in MATCHING_BLAS_CORES, (
+        f"OpenBLAS runs its {blas_core()} kernels: the digests are recorded with "
+        f"{'/'.join(MATCHING_BLAS_CORES)} ones (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')})")
     expected = json.loads(GOLDEN_FILE.read_text())
     actual = default_run_digests(cube=default_cube, dataset=sp500)
     changed = {f"{part}.{col}" for part in expected for col in expected[part]

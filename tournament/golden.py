@@ -4,7 +4,14 @@
 fidelity) through the core pipeline and the statistics the leaderboard shows, and hashes
 every column except wall-clock timings. `tests/test_golden.py` compares them with
 `tests/data/golden_default.json`; after a change that moves numbers on purpose, regenerate
-that file with `python -m tournament.golden --write` and say why in the commit message.
+that file with `OPENBLAS_CORETYPE=Haswell python -m tournament.golden --write` and say why
+in the commit message.
+
+The digests are bit-exact, and OpenBLAS picks its kernels by CPU: an AVX-512 Intel CPU's
+("SkylakeX") round differently from AMD's ("Zen") and AVX2 Intel's ("Haswell"), so the
+default cube's weights differ in their last bits from one machine to the next. The digests
+are recorded with the Haswell kernels (GOLDEN_BLAS_CORE; the test suite sets
+OPENBLAS_CORETYPE before numpy loads), which AMD's Zen kernels match bit for bit.
 """
 from __future__ import annotations
 
@@ -18,6 +25,17 @@ import pandas as pd
 
 GOLDEN_FILE = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden_default.json"
 TIMING_COLUMNS = ("solve_seconds", "sim_seconds")
+GOLDEN_BLAS_CORE = "Haswell"
+MATCHING_BLAS_CORES = ("Haswell", "Zen")      # measured to give the recorded digests
+
+
+def blas_core() -> str | None:
+    """The kernel set numpy's OpenBLAS runs in this process (None: no OpenBLAS found)."""
+    from threadpoolctl import threadpool_info
+    for info in threadpool_info():
+        if info.get("internal_api") == "openblas":
+            return info.get("architecture")
+    return None
 
 
 def frame_digests(frame: pd.DataFrame) -> dict[str, str]:
@@ -62,6 +80,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help=f"rewrite {GOLDEN_FILE.name}")
     args = parser.parse_args()
+    if args.write and blas_core() not in MATCHING_BLAS_CORES:
+        raise SystemExit(f"OpenBLAS runs its {blas_core()} kernels here: rerun with "
+                         f"OPENBLAS_CORETYPE={GOLDEN_BLAS_CORE} (see the module docstring)")
     digests = default_run_digests()
     if args.write:
         GOLDEN_FILE.parent.mkdir(parents=True, exist_ok=True)
