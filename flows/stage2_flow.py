@@ -136,9 +136,8 @@ def _simulate_pairs(stage: StageRun, simulate_chunk, pairs: list[tuple[str, str]
     chunks = plan()
     if not stage.refresh and chunks:
         # A night: paths that continue from their stored ends go in one task per pair.
-        first_day = cube.window_starts[0]
         whole = continuing_pairs(chunks, stage.is_stored, lambda k, r, s: path_end_key(
-            k, rebalance=r, simulator=s, first_day=first_day, config=cfg))
+            k, rebalance=r, simulator=s, cube=cube, config=cfg))
         if whole:
             chunks = plan(whole)
     stored = stored_chunks(stage, chunks)

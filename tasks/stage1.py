@@ -34,8 +34,7 @@ def solve_chunk(returns: np.ndarray, windows: list[Window], cells: list[Cell],
     n_solved = sum(r.status != UNSUPPORTED for r in solved)
     if n_solved:                          # a real execution, not a replay of stored cells
         log_execution("stage1", cache_key, n_solved)
-    if "vectorbt" in config.simulators:
-        from flows.runtime import numba_load_after_stage1
-        numba_load_after_stage1()         # a worker that deferred it loads numba now
+    from flows.runtime import numba_load_after_stage1
+    numba_load_after_stage1()             # a worker that deferred it loads numba now
     return {"cells": [found[i] for i in range(len(cells))], "computed": n_solved,
             "reused": len(cells) - len(missing), "key_parts": key_parts}

@@ -73,8 +73,8 @@ def simulate_chunk(returns: np.ndarray, dates: pd.DatetimeIndex, cube: WeightsCu
         elif simulator_instance(simulator).continues_paths():
             # Each path continues from the end the last run stored for it, when what that
             # end read is unchanged (a nightly run: only the new days are simulated).
-            end_keys = [path_end_key(k, rebalance=rebalance, simulator=simulator,
-                                     first_day=cube.window_starts[0], config=config)
+            end_keys = [path_end_key(k, rebalance=rebalance, simulator=simulator, cube=cube,
+                                     config=config)
                         for k in todo]
             previous = [_path_end(units.read(k)) for k in end_keys]
             result, ends, continued = simulate_pair_continuing(

@@ -41,7 +41,8 @@ def _cpu_has(*flags: str) -> bool:
 # CPU's ("SkylakeX") round differently from AMD's ("Zen") and AVX2 Intel's ("Haswell"): the
 # default cube's weights then differ in the last bits. The golden digests are recorded with
 # the Haswell kernels, so the suite and every process it starts (they inherit this) use
-# them on any x86-64 CPU that has AVX2 and FMA (tournament.golden.GOLDEN_BLAS_CORE).
+# them on any x86-64 CPU that has AVX2 and FMA (tournament.golden.GOLDEN_BLAS_CORE, named
+# here, not imported: importing it would load numpy first).
 if _cpu_has("avx2", "fma"):
     os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")
 

@@ -136,12 +136,12 @@ def simulate_pair_continuing(returns: np.ndarray, dates: pd.DatetimeIndex, cube:
 
 
 def path_end_key(key: tuple[str, str, str], *, rebalance: str, simulator: str,
-                 first_day: pd.Timestamp, config: TournamentConfig) -> str:
+                 cube: WeightsCube, config: TournamentConfig) -> str:
     """Where a strategy's latest PathEnd is kept: one per strategy, mode, simulator, first
     rebalance day and costs (each run overwrites it; whether it can be continued is decided
     by its prefix digest, never by this key)."""
     from .config import digest_of
-    return "s2end-" + digest_of([list(key), rebalance, simulator, str(first_day),
+    return "s2end-" + digest_of([list(key), rebalance, simulator, str(cube.window_starts[0]),
                                  [config.costs.slippage_bps, config.costs.commission_bps],
                                  config.tolerance if rebalance == "tolerance" else None])
 

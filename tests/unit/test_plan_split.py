@@ -62,7 +62,7 @@ def test_a_nights_new_cells_are_dealt_to_every_worker():
     assert split_partly_stored(old, stored.__contains__, n_assets=200, workers=never) == old
 
 
-def _sim_chunks(rebalance, simulator, groups, stored_units=()):
+def _sim_chunks(rebalance, simulator, groups):
     from flows.plan import SimulationChunk
     out = []
     for sel, names in groups.items():
